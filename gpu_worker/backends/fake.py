@@ -1,0 +1,101 @@
+"""A deterministic fake engine for tests: no torch, no model, same contract.
+
+Responses and log-probs are pure functions of the request text, so tests can check
+resume, sharding and scoring without loading weights. Select with backend = "fake".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from gpu_worker.backends.base import (
+    GenerationRequest,
+    GenerationResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    RollingRequest,
+    RollingResult,
+)
+from shared.spec import RunSpec
+
+_WORDS = "the model answers every question with these few plain words only".split()
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.calls: list[tuple[str, int]] = []
+
+    def has_chat_template(self) -> bool:
+        return True
+
+    def render(self, prompt: str, chat: bool) -> str:
+        return f"<|user|>{prompt}<|assistant|>" if chat else prompt
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        self.calls.append(("generate", len(requests)))
+        results = []
+        for request in requests:
+            digest = _digest(request.prompt)
+            count = min(request.max_new_tokens, 4 + digest[0] % 12)
+            words = [_WORDS[b % len(_WORDS)] for b in digest[1 : 1 + count]]
+            text = " ".join(words)
+            finish = "length" if count == request.max_new_tokens else "eos"
+            for stop in request.stop:
+                if stop in text:
+                    text, finish = text[: text.index(stop)], "stop"
+            results.append(
+                GenerationResult(
+                    text=text,
+                    prompt_tokens=len(request.prompt.split()),
+                    generated_tokens=count,
+                    finish_reason=finish,
+                    batch_size=len(requests),
+                )
+            )
+        return results
+
+    def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        self.calls.append(("loglikelihood", len(requests)))
+        results = []
+        for request in requests:
+            digest = _digest(request.context + "\x00" + request.continuation)
+            logprob = -(int.from_bytes(digest[:4], "big") / 2**32) * 10.0
+            results.append(
+                LoglikelihoodResult(
+                    logprob=logprob,
+                    is_greedy=digest[4] < 64,
+                    continuation_tokens=max(1, len(request.continuation.split())),
+                    context_tokens=len(request.context.split()),
+                    batch_size=len(requests),
+                )
+            )
+        return results
+
+    def loglikelihood_rolling(self, requests: list[RollingRequest]) -> list[RollingResult]:
+        self.calls.append(("rolling", len(requests)))
+        return [
+            RollingResult(logprob=-2.0 * len(r.text.split()), tokens=max(1, len(r.text.split())))
+            for r in requests
+        ]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model_id": self.spec.model,
+            "model_revision": "",
+            "model_file_sha256": "",
+            "chat_template_sha256": hashlib.sha256(b"fake").hexdigest(),
+            "precision": "fp32",
+            "device": "cpu",
+        }
+
+
+def create(spec: RunSpec) -> FakeBackend:
+    return FakeBackend(spec)
