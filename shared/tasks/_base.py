@@ -21,7 +21,9 @@ class Sample:
 
     ``prompt`` is the user prompt (generate), the context (multiple_choice) or the text
     (rolling). ``choices`` are the continuations exactly as scored, leading space
-    included. ``doc`` holds whatever the scorer needs later (instruction kwargs,
+    included. ``contexts``, when set, gives one context per choice instead of the
+    shared ``prompt`` (WinoGrande's partial evaluation: the option is in the context,
+    the continuation after the blank is shared). ``doc`` holds whatever the scorer needs later (instruction kwargs,
     choice texts for acc_norm); it is written into every generation row as JSON, so a
     shard can be scored without the original data.
     """
@@ -30,6 +32,7 @@ class Sample:
     prompt: str
     choices: tuple[str, ...] = ()
     gold: int | None = None
+    contexts: tuple[str, ...] = ()
     doc: dict[str, Any] = field(default_factory=dict)
 
 
