@@ -1,0 +1,44 @@
+"""Plain-text score tables for the terminal."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+# The headline metrics per kind of task, in display order.
+HEADLINE = (
+    "prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
+    "inst_level_loose_acc", "acc", "acc_norm", "irt", "pirt", "gpirt",
+    "word_perplexity", "token_perplexity", "bits_per_byte",
+)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def print_summary(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    lines = [f"== {summary['run_id']}  ({summary.get('model')}, {summary.get('precision')})"]
+    header = f"{'task':<12} {'metric':<26} {'value':>9} {'± stderr':>9} {'n':>6} {'tokens/s':>9}"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for task, entry in summary["tasks"].items():
+        metrics = entry["metrics"]
+        telemetry = entry.get("telemetry", {})
+        rate = telemetry.get("tokens_per_second") or telemetry.get("samples_per_second")
+        unit = "" if telemetry.get("tokens_per_second") else " smp/s" if rate else ""
+        shown = [m for m in HEADLINE if metrics.get(m) is not None]
+        if not shown:
+            lines.append(f"{task:<12} {'(no scores yet)':<26} {'':>9} {'':>9} {entry['samples_scored']:>6}")
+        for i, name in enumerate(shown):
+            lines.append(
+                f"{task if i == 0 else '':<12} {name:<26} {_fmt(metrics[name]):>9} "
+                f"{_fmt(metrics.get(name + '_stderr')) if metrics.get(name + '_stderr') is not None else '':>9} "
+                f"{entry['samples_scored'] if i == 0 else '':>6} "
+                f"{(_fmt(rate) + unit) if i == 0 and rate else '':>9}"
+            )
+        for note in entry.get("notes", []):
+            lines.append(f"{'':<12} note: {note}")
+    print("\n".join(lines), file=out)

@@ -1,0 +1,425 @@
+"""The transformers backend: CPU or GPU, fp32/bf16/fp16, int8/nf4 via bitsandbytes,
+LoRA via peft.
+
+Generation is greedy, left-padded and longest-first with the KV cache. Log-likelihood
+requests that share an input (every choice of a question whose continuations are one
+token each) share one forward pass, and only the positions that are scored go
+through the LM head: a 5-shot MMLU prompt is ~700 tokens and full-vocabulary logits
+for all of them would cost ~140 MB per row for nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gpu_worker.backends.base import (
+    BackendInfo,
+    GenerationRequest,
+    GenerationResult,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    RollingRequest,
+    RollingResult,
+)
+from gpu_worker.batching import available_cores, length_sorted_batches
+from gpu_worker.models import resolve_model
+from shared.errors import TandemError
+from shared.spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Padded tokens per log-likelihood forward pass; bounds activation memory on CPU.
+LOGLIK_TOKEN_BUDGET = 8192
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.device = self._pick_device(spec.device)
+        if self.device == "cpu":
+            torch.set_num_threads(available_cores())
+        self.precision = self._pick_precision(spec.precision)
+        resolved = resolve_model(spec.model, spec.revision)
+        self.resolved = resolved
+        self.tokenizer = AutoTokenizer.from_pretrained(resolved.load_path, revision=spec.revision)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = self._load_model(resolved.load_path)
+        self.model.eval()
+        config = self.model.config
+        self.max_length = int(getattr(config, "max_position_embeddings", 2048) or 2048)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos_ids.add(self.tokenizer.eos_token_id)
+        self.eos_ids = {i for i in eos_ids if i is not None}
+
+    # ---- setup -------------------------------------------------------------------------
+    @staticmethod
+    def _pick_device(requested: str) -> str:
+        if requested == "cuda" and not torch.cuda.is_available():
+            raise TandemError("device = 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+        if requested == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return requested
+
+    def _pick_precision(self, requested: str) -> str:
+        if requested == "auto":
+            if self.device == "cuda":
+                return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "fp32"
+        if requested == "bf16" and self.device == "cpu" and not cpu_has_native_bf16():
+            warnings.warn(
+                "bf16 on this CPU has no native bf16 instructions (no avx512_bf16/amx): it "
+                "runs several times slower than fp32 here; use precision = 'fp32'",
+                stacklevel=2,
+            )
+        return requested
+
+    def _load_model(self, path: str) -> Any:
+        kwargs: dict[str, Any] = {"revision": self.spec.revision}
+        if self.precision in DTYPES:
+            kwargs["dtype"] = DTYPES[self.precision]
+        else:
+            kwargs.update(self._quantization_kwargs())
+        kwargs.update(self.spec.engine_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if self.precision in DTYPES:
+            model = model.to(self.device)
+        if self.spec.adapter:
+            model = self._attach_adapter(model)
+        return model
+
+    def _quantization_kwargs(self) -> dict[str, Any]:
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as error:
+            raise TandemError(
+                f"precision {self.precision!r} needs bitsandbytes: "
+                "pip install 'tandem-eval[quant]'"
+            ) from error
+        compute = torch.bfloat16 if self.device == "cuda" else torch.float32
+        if self.precision == "int8":
+            config = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            config = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
+            )
+        return {"quantization_config": config, "device_map": self.device, "dtype": compute}
+
+    def _attach_adapter(self, model: Any) -> Any:
+        try:
+            from peft import PeftModel
+        except ImportError as error:
+            raise TandemError("a LoRA adapter needs peft: pip install peft") from error
+        model = PeftModel.from_pretrained(model, self.spec.adapter)
+        if self.spec.merge_adapter:
+            model = model.merge_and_unload()
+        return model
+
+    # ---- prompts -----------------------------------------------------------------------
+    def has_chat_template(self) -> bool:
+        return bool(self.tokenizer.chat_template)
+
+    def render(self, prompt: str, chat: bool) -> str:
+        if not chat:
+            return prompt
+        if not self.has_chat_template():
+            raise TandemError(
+                f"chat_template = 'on' but model {self.spec.model} has no chat template; "
+                "use chat_template = 'off' or 'auto'"
+            )
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+
+    def encode(self, text: str) -> list[int]:
+        # No special tokens: the chat template already has them, and lm-eval encodes
+        # causal-LM inputs without BOS too, so log-probs stay comparable.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def info(self) -> dict[str, Any]:
+        template = self.tokenizer.chat_template or ""
+        if isinstance(template, dict):
+            template = template.get("default", "")
+        return BackendInfo(
+            model_id=self.resolved.model_id,
+            model_revision=self.resolved.revision,
+            model_file_sha256=self.resolved.file_sha256,
+            chat_template_sha256=hashlib.sha256(template.encode()).hexdigest() if template else "",
+            precision=self.precision,
+            device=self.device,
+            extra={"torch_threads": torch.get_num_threads(), "max_length": self.max_length},
+        ).as_dict()
+
+    # ---- generation --------------------------------------------------------------------
+    def _generation_batch_size(self, longest_total: int) -> int:
+        if isinstance(self.spec.generation.batch_size, int):
+            return self.spec.generation.batch_size
+        config = self.model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        bytes_per = 2 if self.precision in ("bf16", "fp16") else 4
+        kv_per_token = 2 * config.num_hidden_layers * heads * head_dim * bytes_per
+        if self.device == "cuda":
+            free, _ = torch.cuda.mem_get_info()
+            budget = int(free * 0.5)
+        else:
+            budget = 1 << 30  # 1 GiB of KV cache: keeps the CPU demo well under 4 GB
+        by_memory = max(1, budget // max(1, kv_per_token * longest_total))
+        return int(min(64, by_memory))
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        results: list[GenerationResult | None] = [None] * len(requests)
+        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault((request.max_new_tokens, request.stop), []).append(index)
+        for (max_new, stop), indices in groups.items():
+            limit = self.spec.generation.max_prompt_tokens or max(1, self.max_length - max_new)
+            encoded = []
+            for index in indices:
+                ids = self.encode(requests[index].prompt)
+                cut = max(0, len(ids) - limit)
+                # Cut from the left: the instruction sits at the end of a chat prompt.
+                encoded.append((ids[cut:] if ids else [self.tokenizer.eos_token_id], cut))
+            lengths = [len(ids) for ids, _ in encoded]
+            size = self._generation_batch_size(max(lengths) + max_new)
+            for batch in length_sorted_batches(lengths, size):
+                items = [encoded[i] for i in batch]
+                for position, result in zip(batch, self._generate_batch(items, max_new, stop)):
+                    results[indices[position]] = result
+        return [r for r in results if r is not None]
+
+    def _generate_batch(
+        self, items: list[tuple[list[int], int]], max_new: int, stop: tuple[str, ...]
+    ) -> list[GenerationResult]:
+        try:
+            return self._generate_padded(items, max_new, stop)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not _is_oom(error) or len(items) == 1:
+                raise
+            # Halve and retry the same items: never drop a batch.
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+            half = len(items) // 2
+            log.warning("out of memory at batch %d; retrying as %d + %d", len(items), half, len(items) - half)
+            return self._generate_batch(items[:half], max_new, stop) + self._generate_batch(
+                items[half:], max_new, stop
+            )
+
+    @torch.inference_mode()
+    def _generate_padded(
+        self, items: list[tuple[list[int], int]], max_new: int, stop: tuple[str, ...]
+    ) -> list[GenerationResult]:
+        pad = self.tokenizer.pad_token_id
+        width = max(len(ids) for ids, _ in items)
+        input_ids = torch.full((len(items), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(items):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            mask[row, width - len(ids) :] = 1
+        kwargs: dict[str, Any] = {
+            "do_sample": False,
+            "max_new_tokens": max_new,
+            "pad_token_id": pad,
+            "eos_token_id": sorted(self.eos_ids),
+            "use_cache": True,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+        }
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        started = time.perf_counter()
+        output = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
+        )
+        seconds = time.perf_counter() - started
+        new_tokens = output[:, width:].tolist()
+        results = []
+        for (ids, cut), tokens in zip(items, new_tokens):
+            count, finish = 0, "length"
+            for token in tokens:
+                if token in self.eos_ids:
+                    finish = "eos"
+                    break
+                if token == pad:
+                    finish = "stop"  # finished early without EOS: a stop string ended it
+                    break
+                count += 1
+            text = self.tokenizer.decode(tokens[:count], skip_special_tokens=True)
+            for s in stop:
+                if s in text:
+                    text, finish = text[: text.index(s)], "stop"
+            results.append(
+                GenerationResult(
+                    text=text,
+                    prompt_tokens=len(ids),
+                    generated_tokens=count + (finish == "eos"),
+                    finish_reason=finish,
+                    truncated_tokens=cut,
+                    batch_seconds=seconds,
+                    batch_size=len(items),
+                )
+            )
+        return results
+
+    # ---- log-likelihood ----------------------------------------------------------------
+    def split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's token boundary: trailing context whitespace moves to the
+        continuation, the pair is encoded together, the continuation is what follows
+        the context's own tokens (" A" and "A" are different tokens; the space belongs
+        to the answer)."""
+        stripped = context.rstrip()
+        if stripped != context:
+            continuation = context[len(stripped) :] + continuation
+            context = stripped
+        if not context:
+            return [self.tokenizer.eos_token_id], self.encode(continuation)
+        whole = self.encode(context + continuation)
+        context_ids = self.encode(context)
+        return whole[: len(context_ids)], whole[len(context_ids) :]
+
+    def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        # One row per distinct model input. For a one-token continuation the input is
+        # the context alone, so every single-token choice of a question shares a row.
+        rows: dict[tuple[int, ...], int] = {}
+        row_inputs: list[list[int]] = []
+        row_keep: list[int] = []
+        plans = []
+        for request in requests:
+            context_ids, cont_ids = self.split_pair(request.context, request.continuation)
+            if not cont_ids:
+                plans.append(None)
+                continue
+            full = (context_ids + cont_ids)[-(self.max_length + 1) :]
+            model_input = tuple(full[:-1])
+            if model_input not in rows:
+                rows[model_input] = len(row_inputs)
+                row_inputs.append(list(model_input))
+                row_keep.append(len(cont_ids))
+            row = rows[model_input]
+            row_keep[row] = max(row_keep[row], len(cont_ids))
+            plans.append((row, cont_ids, len(context_ids)))
+        row_logprobs = self._score_rows(row_inputs, row_keep)
+        results = []
+        for plan in plans:
+            if plan is None:
+                results.append(
+                    LoglikelihoodResult(0.0, True, 0, error="empty continuation")
+                )
+                continue
+            row, cont_ids, context_len = plan
+            log_probs, seconds, size = row_logprobs[row]
+            scored = log_probs[-len(cont_ids) :]  # the last positions predict the continuation
+            target = torch.tensor(cont_ids)
+            picked = scored.gather(1, target[:, None]).squeeze(1)
+            greedy = bool((scored.argmax(dim=-1) == target).all())
+            results.append(
+                LoglikelihoodResult(
+                    logprob=float(picked.sum()),
+                    is_greedy=greedy,
+                    continuation_tokens=len(cont_ids),
+                    context_tokens=context_len,
+                    batch_seconds=seconds,
+                    batch_size=size,
+                )
+            )
+        return results
+
+    @torch.inference_mode()
+    def _score_rows(
+        self, inputs: list[list[int]], keep: list[int]
+    ) -> list[tuple[torch.Tensor, float, int]]:
+        """Log-softmax over the last keep[i] positions of each input, left-padded batches."""
+        out: list[tuple[torch.Tensor, float, int] | None] = [None] * len(inputs)
+        lengths = [len(x) for x in inputs]
+        size = self.spec.generation.batch_size
+        size = size if isinstance(size, int) else 64
+        for batch in length_sorted_batches(lengths, size, LOGLIK_TOKEN_BUDGET):
+            width = max(lengths[i] for i in batch)
+            k = max(keep[i] for i in batch)
+            ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                ids[row, width - lengths[index] :] = torch.tensor(inputs[index])
+                mask[row, width - lengths[index] :] = 1
+            # Left padding shifts real tokens right; positions must count real tokens only.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            started = time.perf_counter()
+            logits = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                logits_to_keep=k,
+                use_cache=False,
+            ).logits
+            log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
+            seconds = time.perf_counter() - started
+            for row, index in enumerate(batch):
+                out[index] = (log_probs[row, k - keep[index] :], seconds, len(batch))
+        return [o for o in out if o is not None]
+
+    def loglikelihood_rolling(self, requests: list[RollingRequest]) -> list[RollingResult]:
+        """Sum of log-probs of every token of each text, as lm-eval's rolling windows:
+        the first token is predicted from the EOS token, and a text longer than the
+        window is scored in windows of ``window`` tokens advancing by ``stride``, each
+        token scored once, with the overlap serving as context."""
+        results = []
+        for request in requests:
+            tokens = self.encode(request.text)
+            if not tokens:
+                results.append(RollingResult(0.0, 0, error="empty text"))
+                continue
+            window = min(request.window or self.max_length, self.max_length)
+            stride = min(request.stride or window, window)
+            sequence = [self.tokenizer.eos_token_id, *tokens]
+            inputs, keeps = [], []
+            # Targets are sequence[1..n]; a chunk scores targets (done, until] from the
+            # window of at most `window` tokens that ends just before `until`.
+            done, n = 0, len(tokens)
+            while done < n:
+                until = min(done + (window if done == 0 else stride), n)
+                inputs.append(sequence[max(0, until - window) : until])
+                keeps.append(until - done)
+                done = until
+            started = time.perf_counter()
+            rows = self._score_rows(inputs, keeps)
+            total = 0.0
+            target_start = 1
+            for (log_probs, _, _), keep in zip(rows, keeps):
+                target = torch.tensor(sequence[target_start : target_start + keep])
+                total += float(log_probs.gather(1, target[:, None]).sum())
+                target_start += keep
+            results.append(
+                RollingResult(total, len(tokens), batch_seconds=time.perf_counter() - started)
+            )
+        return results
+
+
+def create(spec: RunSpec) -> HFBackend:
+    return HFBackend(spec)

@@ -1,0 +1,262 @@
+"""The generation job: plan the missing shards, run them locally or over Ray actors.
+
+``tandem generate run.toml`` runs this, and so does ``ray job submit -- tandem
+generate run.toml`` (inside a Ray job, RAY_ADDRESS is set and shards go to actors:
+one per GPU with num_gpus=1, or CPU actors that split the node's cores). ``--local``
+runs the same shard code in-process, no Ray needed.
+
+Shards are deterministic sample ranges, so a rerun lists what exists and does only
+what is missing: a crash costs at most one shard per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from gpu_worker.environment import environment, utc_now
+from gpu_worker.models import describe_model
+from shared.errors import TandemError
+from shared.spec import RunSpec
+from shared.store import ShardRef, Store
+from shared.tasks import TASKS, Sample, TaskDef, load_samples
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class ShardJob:
+    task: str
+    chat: bool
+    ref: ShardRef
+    samples: list[Sample]
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    shards_done: int = 0
+    shards_skipped: int = 0
+    samples: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    stats: list[dict[str, Any]] = field(default_factory=list)
+
+
+def use_chat(spec: RunSpec, task: TaskDef, has_template: bool) -> bool:
+    """chat_template: on = every task, off = none, auto = generation tasks of instruct
+    models (lm-eval scores log-likelihood tasks on raw text unless told otherwise)."""
+    if spec.chat_template == "on":
+        return True
+    if spec.chat_template == "off" or spec.kind == "base":
+        return False
+    return task.chat_by_default and has_template
+
+
+def run_record(spec: RunSpec, run_id: str, model: dict[str, Any], totals: dict[str, int]) -> dict:
+    return {
+        "schema": "tandem.run",
+        "schema_version": 1,
+        "run_id": run_id,
+        "created_at": utc_now(),
+        "spec": spec.model_dump(mode="json"),
+        "spec_hash": spec.spec_hash(),
+        "model": {k: v for k, v in model.items() if k != "has_chat_template"},
+        "chat": {"mode": spec.chat_template, "has_template": model["has_chat_template"]},
+        "tasks": {name: {"samples": count, "shard_size": spec.shard_size} for name, count in totals.items()},
+        "environment": environment(),
+    }
+
+
+def plan(spec: RunSpec, store: Store, data_dir: str | None = None) -> tuple[str, list[ShardJob], int, dict]:
+    """Validate everything, write run.json, and list the shards still to do."""
+    run_id = spec.resolved_run_id()
+    samples: dict[str, list[Sample]] = {}
+    for name in spec.tasks:
+        samples[name] = load_samples(TASKS[name], data_dir or spec.data_dir, spec.limit.get(name))
+        if not samples[name]:
+            raise TandemError(f"task {name}: no samples to evaluate")
+    model = describe_model(spec)
+    if spec.chat_template == "on" and not model["has_chat_template"]:
+        raise TandemError(f"chat_template = 'on' but {spec.model} has no chat template")
+    record = run_record(spec, run_id, model, {k: len(v) for k, v in samples.items()})
+    record = store.start_run(run_id, record)
+    jobs, skipped = [], 0
+    for name, task_samples in samples.items():
+        chat = use_chat(spec, TASKS[name], bool(model["has_chat_template"]))
+        total = len(task_samples)
+        missing = store.missing_shards(run_id, name, total, spec.shard_size)
+        skipped += -(-total // spec.shard_size) - len(missing)
+        for ref in missing:
+            jobs.append(ShardJob(name, chat, ref, task_samples[ref.start : ref.end]))
+    return run_id, jobs, skipped, record
+
+
+def provenance(spec: RunSpec, record: dict[str, Any]) -> dict[str, str]:
+    return {
+        "config_hash": spec.spec_hash(),
+        "git_sha": record["environment"].get("git_sha", ""),
+        "backend": spec.backend,
+        "model_id": record["model"].get("model_id", ""),
+        "model_revision": record["model"].get("model_revision", ""),
+        "created_at": utc_now(),
+    }
+
+
+def run_generation(
+    spec: RunSpec,
+    store_uri: str,
+    *,
+    local: bool | None = None,
+    workers: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> JobResult:
+    """Run (or resume) a generation job. ``local=None`` uses Ray when RAY_ADDRESS is set."""
+    store = Store(store_uri)
+    run_id, jobs, skipped, record = plan(spec, store, data_dir)
+    result = JobResult(run_id, shards_skipped=skipped)
+    print(
+        f"run {run_id}: {len(jobs)} shard(s) to generate, {skipped} already in {store.uri}",
+        file=sys.stderr,
+    )
+    if not jobs:
+        return result
+    if local is None:
+        local = not os.environ.get("RAY_ADDRESS")
+    started = time.perf_counter()
+    runner = _run_local if local else _run_ray
+    for stats in runner(spec, store_uri, jobs, record, workers, progress):
+        result.stats.append(stats)
+        result.shards_done += 1
+        result.samples += stats["samples"]
+        result.generated_tokens += stats.get("generated_tokens", 0)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _progress(jobs: list[ShardJob], enabled: bool) -> tqdm:
+    return tqdm(
+        total=sum(len(j.samples) for j in jobs),
+        unit="sample",
+        desc="generate",
+        disable=not enabled,
+        file=sys.stderr,
+        mininterval=1.0,
+    )
+
+
+def _run_local(spec, store_uri, jobs, record, workers, progress):
+    from gpu_worker.backends import create_backend
+    from gpu_worker.shards import run_shard
+
+    backend = create_backend(spec)
+    store = Store(store_uri)
+    with _progress(jobs, progress) as bar:
+        for job in jobs:
+            stats = run_shard(
+                backend, store, spec, TASKS[job.task], job.ref, job.samples, job.chat,
+                provenance(spec, record),
+            )
+            bar.update(len(job.samples))
+            yield stats
+
+
+class ShardActor:
+    """One model replica. Ray places it (one per GPU, or a share of the CPU cores)."""
+
+    def __init__(self, spec: RunSpec, store_uri: str, record: dict[str, Any]):
+        from gpu_worker.backends import create_backend
+
+        self.spec = spec
+        self.store = Store(store_uri)
+        self.record = record
+        self.backend = create_backend(spec)
+
+    def run(self, job: ShardJob) -> dict[str, Any]:
+        from gpu_worker.shards import run_shard
+
+        stats = run_shard(
+            self.backend, self.store, self.spec, TASKS[job.task], job.ref, job.samples,
+            job.chat, provenance(self.spec, self.record),
+        )
+        stats["actor"] = os.getpid()
+        return stats
+
+
+def _actor_options(spec: RunSpec, workers: int | None) -> tuple[int, dict[str, Any]]:
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus and spec.device != "cpu":
+        count = workers or gpus
+        return count, {"num_gpus": 1, "num_cpus": 1}
+    cpus = max(1, int(resources.get("CPU", 1)))
+    count = workers or 1
+    per_actor = max(1, cpus // count)
+    # Each actor's torch uses exactly its share of cores: oversubscribed threads are
+    # ~10x slower on small CPUs.
+    env = {"TANDEM_THREADS": str(per_actor), "OMP_NUM_THREADS": str(per_actor)}
+    return count, {"num_cpus": per_actor, "runtime_env": {"env_vars": env}}
+
+
+def _run_ray(spec, store_uri, jobs, record, workers, progress):
+    try:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+    except ImportError as error:
+        raise TandemError("running over Ray needs ray: pip install 'tandem-eval[worker]'") from error
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
+    count, options = _actor_options(spec, workers)
+    count = min(count, len(jobs))
+    actor_class = ray.remote(max_restarts=2, max_task_retries=0)(ShardActor)
+    actors = [actor_class.options(**options).remote(spec, store_uri, record) for _ in range(count)]
+    print(f"ray: {count} actor(s) with {options.get('num_gpus', 0)} GPU / "
+          f"{options['num_cpus']} CPU each", file=sys.stderr)
+    queue = list(jobs)
+    attempts: dict[str, int] = {}
+    in_flight: dict[Any, tuple[Any, ShardJob]] = {}
+
+    def submit(actor):
+        job = queue.pop(0)
+        in_flight[actor.run.remote(job)] = (actor, job)
+
+    for actor in actors:
+        if queue:
+            submit(actor)
+    with _progress(jobs, progress) as bar:
+        while in_flight:
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            actor, job = in_flight.pop(done[0])
+            try:
+                stats = ray.get(done[0])
+            except RayTaskError as error:
+                if isinstance(error.cause, TandemError):
+                    raise error.cause from None
+                key = f"{job.task}/{job.ref.name}"
+                attempts[key] = attempts.get(key, 0) + 1
+                if attempts[key] >= MAX_ATTEMPTS:
+                    raise TandemError(f"shard {key} failed {MAX_ATTEMPTS} times: {error}") from error
+                log.warning("shard %s failed (%s); retrying", key, error)
+                queue.append(job)
+            except RayActorError as error:
+                key = f"{job.task}/{job.ref.name}"
+                attempts[key] = attempts.get(key, 0) + 1
+                if attempts[key] >= MAX_ATTEMPTS:
+                    raise TandemError(f"shard {key}: worker died {MAX_ATTEMPTS} times") from error
+                print(f"worker died on shard {key}; retrying elsewhere", file=sys.stderr)
+                queue.append(job)
+            else:
+                bar.update(len(job.samples))
+                yield stats
+            if queue:
+                submit(actor)

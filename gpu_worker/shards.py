@@ -1,0 +1,172 @@
+"""Turn one shard of samples into backend requests and one Parquet table.
+
+Every input sample comes out exactly once, in order; a shard whose rows do not match
+its samples one for one is never published.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from gpu_worker.backends.base import (
+    Backend,
+    GenerationRequest,
+    LoglikelihoodRequest,
+    RollingRequest,
+)
+from shared.errors import TandemError
+from shared.schema import doc_json, make_table
+from shared.spec import RunSpec
+from shared.store import ShardRef, Store
+from shared.tasks import Sample, TaskDef
+
+SCHEMA_FOR_OUTPUT = {
+    "generate": "generations",
+    "multiple_choice": "loglikelihoods",
+    "rolling": "rolling",
+}
+
+
+def build_shard(
+    backend: Backend,
+    spec: RunSpec,
+    task: TaskDef,
+    ref: ShardRef,
+    samples: list[Sample],
+    chat: bool,
+    provenance: dict[str, str],
+) -> pa.Table:
+    if task.output == "generate":
+        rows = _generate_rows(backend, spec, ref, samples, chat)
+    elif task.output == "multiple_choice":
+        rows = _choice_rows(backend, ref, samples, chat)
+    else:
+        rows = _rolling_rows(backend, ref, samples)
+    got = [row["sample_id"] for row in rows]
+    want = [s.sample_id for s in samples]
+    if got != want:
+        raise TandemError(
+            f"shard {ref.task}/{ref.name}: backend returned {len(got)} rows for "
+            f"{len(want)} samples; refusing to publish an incomplete shard"
+        )
+    return make_table(SCHEMA_FOR_OUTPUT[task.output], rows, provenance)
+
+
+def run_shard(
+    backend: Backend,
+    store: Store,
+    spec: RunSpec,
+    task: TaskDef,
+    ref: ShardRef,
+    samples: list[Sample],
+    chat: bool,
+    provenance: dict[str, str],
+) -> dict[str, Any]:
+    """Build and atomically publish one generation shard; returns its throughput stats."""
+    table = build_shard(backend, spec, task, ref, samples, chat, provenance)
+    store.publish_table(store.shard_path("generations", ref), table)
+    stats: dict[str, Any] = {"task": ref.task, "shard": ref.name, "samples": len(samples)}
+    if "generated_tokens" in table.column_names:
+        stats["generated_tokens"] = sum(v or 0 for v in table.column("generated_tokens").to_pylist())
+    return stats
+
+
+def _base(ref: ShardRef, sample: Sample) -> dict[str, Any]:
+    return {"run_id": ref.run_id, "task": ref.task, "sample_id": sample.sample_id}
+
+
+def _generate_rows(
+    backend: Backend, spec: RunSpec, ref: ShardRef, samples: list[Sample], chat: bool
+) -> list[dict[str, Any]]:
+    rendered = [backend.render(s.prompt, chat) for s in samples]
+    params = spec.generation
+    requests = [GenerationRequest(text, params.max_new_tokens, params.stop) for text in rendered]
+    results = backend.generate(requests)
+    rows = []
+    for sample, text, result in zip(samples, rendered, results):
+        rows.append(
+            {
+                **_base(ref, sample),
+                "prompt": sample.prompt,
+                "rendered_prompt": text,
+                "response": result.text,
+                "prompt_tokens": result.prompt_tokens,
+                "generated_tokens": result.generated_tokens,
+                "finish_reason": result.finish_reason,
+                "truncated_tokens": result.truncated_tokens,
+                "batch_seconds": result.batch_seconds,
+                "batch_size": result.batch_size,
+                "doc": doc_json(sample.doc),
+                "error": result.error,
+            }
+        )
+    return rows
+
+
+def _choice_rows(
+    backend: Backend, ref: ShardRef, samples: list[Sample], chat: bool
+) -> list[dict[str, Any]]:
+    requests, owners = [], []
+    rendered = []
+    for index, sample in enumerate(samples):
+        if not sample.choices:
+            raise TandemError(f"task {ref.task} sample {sample.sample_id}: no choices")
+        contexts = sample.contexts or (sample.prompt,) * len(sample.choices)
+        if len(contexts) != len(sample.choices):
+            raise TandemError(
+                f"task {ref.task} sample {sample.sample_id}: {len(contexts)} contexts "
+                f"for {len(sample.choices)} choices"
+            )
+        contexts = tuple(backend.render(c, chat) for c in contexts)
+        rendered.append(contexts[0] if not sample.contexts else "")
+        for context, choice in zip(contexts, sample.choices):
+            requests.append(LoglikelihoodRequest(context, choice))
+            owners.append(index)
+    results = backend.loglikelihood(requests)
+    per_sample: list[list[Any]] = [[] for _ in samples]
+    for owner, result in zip(owners, results):
+        per_sample[owner].append(result)
+    rows = []
+    for sample, text, outcome in zip(samples, rendered, per_sample):
+        errors = [r.error for r in outcome if r.error]
+        rows.append(
+            {
+                **_base(ref, sample),
+                "prompt": sample.prompt,
+                "rendered_prompt": text,
+                "choices": list(sample.choices),
+                "logprobs": [r.logprob for r in outcome],
+                "is_greedy": [r.is_greedy for r in outcome],
+                "continuation_tokens": [r.continuation_tokens for r in outcome],
+                "prompt_tokens": max(r.context_tokens for r in outcome),
+                "gold": sample.gold,
+                "batch_seconds": max(r.batch_seconds for r in outcome),
+                "batch_size": max(r.batch_size for r in outcome),
+                "doc": doc_json(sample.doc),
+                "error": "; ".join(errors) if errors else None,
+            }
+        )
+    return rows
+
+
+def _rolling_rows(backend: Backend, ref: ShardRef, samples: list[Sample]) -> list[dict[str, Any]]:
+    requests = [
+        RollingRequest(s.prompt, s.doc.get("window"), s.doc.get("stride")) for s in samples
+    ]
+    results = backend.loglikelihood_rolling(requests)
+    return [
+        {
+            **_base(ref, sample),
+            "text": sample.prompt,
+            "logprob": result.logprob,
+            "tokens": result.tokens,
+            "words": int(sample.doc.get("words", len(sample.prompt.split()))),
+            "bytes": int(sample.doc.get("bytes", len(sample.prompt.encode("utf-8")))),
+            "batch_seconds": result.batch_seconds,
+            "doc": doc_json(sample.doc),
+            "error": result.error,
+        }
+        for sample, result in zip(samples, results)
+    ]
