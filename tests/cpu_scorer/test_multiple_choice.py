@@ -27,7 +27,9 @@ def test_length_is_characters_not_bytes():
     # "naïve": 5 characters, 6 UTF-8 bytes. By characters -5/5 = -1.0 < -0.95 -> choice 1;
     # by bytes -5/6 = -0.83 > -0.95 would pick choice 0.
     result = score_row([-5.0, -0.95], ["naïve", "x"], gold=1)
-    assert result["metrics"] == {"acc": 0.0, "acc_norm": 1.0}
+    assert result["metrics"]["acc_norm"] == 1.0
+    result = score_row([-5.0, -0.95], ["naïve", "x"], gold=0)
+    assert result["metrics"]["acc_norm"] == 0.0
 
 
 def test_ties_go_to_the_first_index():
