@@ -150,6 +150,11 @@ def score_table(generation: pa.Table) -> pa.Table:
 
 
 # ---- one-shot scoring of a store ---------------------------------------------------------
+# What makes a shard unusable (corrupt, truncated, wrong schema, bad rows): such a shard is
+# quarantined. The daemon uses the same tuple, but treats a plain OSError while *reading*
+# as possibly transient (a network store hiccup) and retries before quarantining.
+QUARANTINE_ERRORS = (TandemError, pa.ArrowException, OSError, KeyError, ValueError, TypeError)
+
 def pending_shards(store: Store, run_id: str) -> list[ShardRef]:
     """Generation shards with neither a score shard nor a quarantine record."""
     pending = []
@@ -170,7 +175,7 @@ def score_shard(store: Store, ref: ShardRef) -> str:
     try:
         table = store.read_table(source)
         scores = score_table(table)
-    except (TandemError, pa.ArrowException, OSError, KeyError, ValueError, TypeError) as error:
+    except QUARANTINE_ERRORS as error:
         quarantine(store, ref, error)
         return "quarantined"
     store.publish_table(store.shard_path("scores", ref), scores)
@@ -264,11 +269,11 @@ def _tinymmlu_irt(rows: list[dict[str, Any]], options: SummaryOptions, notes: li
     return irt.estimate(irt.load_params(options.irt_params), correct)
 
 
-def _telemetry(store: Store, run_id: str, task: str) -> dict[str, Any]:
+def _telemetry(store: Store, refs: list[ShardRef]) -> dict[str, Any]:
     tokens = prompt_tokens = 0
     seconds = 0.0
     samples = 0
-    for ref in store.list_shards(run_id, "generations", task):
+    for ref in refs:
         try:
             table = store.read_table(store.shard_path("generations", ref))
         except (pa.ArrowException, OSError):
@@ -298,32 +303,43 @@ def _telemetry(store: Store, run_id: str, task: str) -> dict[str, Any]:
     return telemetry
 
 
-def summarize(store: Store, run_id: str, options: SummaryOptions | None = None) -> dict[str, Any]:
-    """Recompute summary.json for a run from its score shards and publish it."""
+def compute_summary(
+    store: Store, run_id: str, options: SummaryOptions | None = None
+) -> dict[str, Any]:
+    """summary.json's content for a run: a pure function of its shards, published by none.
+
+    Each folder is listed once and the counts under ``shards`` come from the very
+    listings the metrics were computed from, so a summary is never newer in its counts
+    than in its numbers (the daemon compares those counts with the store to tell a
+    stale summary from a fresh one).
+    """
     options = options or SummaryOptions()
     record = store.read_run(run_id)
     expected = record.get("tasks", {})
     tasks: dict[str, Any] = {}
     for task in sorted(set(expected) | set(store.list_tasks(run_id, "generations"))):
+        generated = store.list_shards(run_id, "generations", task)
+        scored = store.list_shards(run_id, "scores", task)
+        quarantined = [
+            n for n in store.list_names(store.run_path(run_id, "quarantine", task))
+            if n.endswith(".error.json")
+        ]
         rows: list[dict[str, Any]] = []
-        for ref in store.list_shards(run_id, "scores", task):
+        for ref in scored:
             rows.extend(_rows(store.read_table(store.shard_path("scores", ref))))
         entry = aggregate_task(task, rows, options)
         entry["samples_total"] = expected.get(task, {}).get("samples")
         entry["shards"] = {
-            "generated": len(store.list_shards(run_id, "generations", task)),
-            "scored": len(store.list_shards(run_id, "scores", task)),
-            "quarantined": len(
-                [n for n in store.list_names(store.run_path(run_id, "quarantine", task))
-                 if n.endswith(".error.json")]
-            ),
+            "generated": len(generated),
+            "scored": len(scored),
+            "quarantined": len(quarantined),
         }
-        entry["telemetry"] = _telemetry(store, run_id, task)
+        entry["telemetry"] = _telemetry(store, generated)
         entry["complete"] = entry["samples_total"] is not None and (
             entry["samples_scored"] + entry["samples_failed"] == entry["samples_total"]
         )
         tasks[task] = entry
-    summary = {
+    return {
         "schema": "tandem.summary",
         "schema_version": 1,
         "run_id": run_id,
@@ -332,6 +348,11 @@ def summarize(store: Store, run_id: str, options: SummaryOptions | None = None) 
         "scorer_version": SCORER_VERSION,
         "tasks": tasks,
     }
+
+
+def summarize(store: Store, run_id: str, options: SummaryOptions | None = None) -> dict[str, Any]:
+    """Recompute summary.json for a run from its score shards and publish it."""
+    summary = compute_summary(store, run_id, options)
     store.publish_json(store.run_path(run_id, "summary.json"), summary)
     return summary
 
