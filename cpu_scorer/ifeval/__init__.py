@@ -41,7 +41,10 @@ def evaluate(
     absent. An unknown id or a bad argument raises ``TandemError`` naming both. The prompt
     is not needed by any checker; it is taken so callers pass whole dataset rows.
     """
-    return evaluate_many([(prompt, response, instruction_id_list, kwargs)], workers=1)[0]
+    from cpu_scorer.ifeval import _evaluate, _parallel
+
+    task = _evaluate.prepare(response, instruction_id_list, kwargs)
+    return _parallel.judge_all([task], workers=1)[0]
 
 
 def evaluate_many(
@@ -54,7 +57,8 @@ def evaluate_many(
 
     Every item is validated before any is judged. Large inputs are split over ``workers``
     processes (default: every core this process may use); the result is the same for any
-    number of workers. ``progress(n)`` is called as each batch of n items is done.
+    number of workers. ``progress`` is called with 0 once work has started (worker
+    processes, if any, are running), then with n as each batch of n items is done.
     """
     from cpu_scorer.ifeval import _parallel
 

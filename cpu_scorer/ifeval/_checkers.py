@@ -150,7 +150,8 @@ def constrained_response(text: str, args: a.NoArgs) -> bool:
 
 
 def number_highlighted_sections(text: str, args: a.HighlightsArgs) -> bool:
-    # *x* and **x** are counted separately, so **x** counts twice (as in the reference).
+    # *x* and **x** are found by separate patterns (the first sees only the empty "**"
+    # halves of a **x**), each counted if it holds more than blanks.
     single = re.findall(r"\*[^\n\*]*\*", text)
     double = re.findall(r"\*\*[^\n\*]*\*\*", text)
     count = sum(1 for h in single if h.strip("*").strip())

@@ -78,14 +78,12 @@ def run(args: argparse.Namespace) -> int:
         items.append((prompt, response, row["instruction_id_list"], row["kwargs"]))
         keys.append(row["key"])
 
-    bar = _progress_bar(len(items))
+    progress = _Progress(len(items)) if len(items) >= _PROGRESS_MIN else None
     try:
-        verdicts = ifeval.evaluate_many(
-            items, workers=args.workers, progress=bar.update if bar else None
-        )
+        verdicts = ifeval.evaluate_many(items, workers=args.workers, progress=progress)
     finally:
-        if bar:
-            bar.close()
+        if progress:
+            progress.close()
 
     out_lines = []
     for (_number, line), key, item, verdict in zip(lines, keys, items, verdicts, strict=True):
@@ -204,12 +202,25 @@ def _closest(prompt: str, inputs: dict[str, dict[str, Any]]) -> str:
     return f"; closest is key {inputs[close[0]]['key']}: {_preview(close[0])}"
 
 
-def _progress_bar(total: int) -> Any:
-    if total < _PROGRESS_MIN:
-        return None
-    from tqdm import tqdm
+class _Progress:
+    """A tqdm bar on stderr, made at the first call rather than before scoring starts:
+    tqdm runs a monitor thread, and workers are only forked from a single-threaded
+    process (see ``_parallel``)."""
 
-    return tqdm(total=total, unit="response", desc="ifeval", file=sys.stderr)
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.bar: Any = None
+
+    def __call__(self, done: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="response", desc="ifeval", file=sys.stderr)
+        self.bar.update(done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -24,7 +24,6 @@ trials can no longer change which language wins.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import math
 import os
@@ -93,31 +92,34 @@ def _model() -> _Model:
     import numpy as np
     from langdetect.detector_factory import PROFILES_DIRECTORY
 
-    profiles = []
+    langs: list[str] = []
+    row_of: dict[str, int] = {}
+    rows, langs_of, probs = [], [], []
+    # One profile at a time, so the parsed JSON (far bigger than what is kept) never piles up.
     for name in os.listdir(PROFILES_DIRECTORY):  # langdetect's order decides its sums
         path = os.path.join(PROFILES_DIRECTORY, name)
         if name.startswith(".") or not os.path.isfile(path):
             continue
         with open(path, encoding="utf-8") as f:
-            profiles.append(json.load(f))
-    # Only 1- to 3-grams can ever be looked up (langdetect's profiles hold no others).
-    grams = [[g for g in p["freq"] if 1 <= len(g) <= 3] for p in profiles]
-    row_of = {g: i for i, g in enumerate(dict.fromkeys(itertools.chain.from_iterable(grams)))}
-    rows, langs_of, probs = [], [], []
-    for index, (profile, own) in enumerate(zip(profiles, grams, strict=True)):
+            profile = json.load(f)
         freq = profile["freq"]
+        # Only 1- to 3-grams can ever be looked up (langdetect's profiles hold no others).
+        own = [g for g in freq if 1 <= len(g) <= 3]
         counts = np.fromiter(map(freq.__getitem__, own), np.float64, len(own))
         lengths = np.fromiter(map(len, own), np.int64, len(own))
         n_words = np.asarray(profile["n_words"], dtype=np.float64)
         probs.append(counts / n_words[lengths - 1])  # == 1.0 * count / n_words[len - 1]
-        rows.append(np.fromiter(map(row_of.__getitem__, own), np.int64, len(own)))
-        langs_of.append(np.full(len(own), index, np.int64))
+        rows.append(
+            np.fromiter((row_of.setdefault(g, len(row_of)) for g in own), np.int32, len(own))
+        )
+        langs_of.append(np.full(len(own), len(langs), np.int8))
+        langs.append(profile["name"])
     row = np.concatenate(rows)
     order = np.argsort(row, kind="stable")
     indptr = np.zeros(len(row_of) + 1, np.int64)
     np.cumsum(np.bincount(row, minlength=len(row_of)), out=indptr[1:])
     return _Model(
-        langs=tuple(p["name"] for p in profiles),
+        langs=tuple(langs),
         row_of=row_of,
         indptr=indptr,
         lang_index=np.concatenate(langs_of)[order],

@@ -65,6 +65,8 @@ def judge_all(
     _load_models()
     verdicts: list[_evaluate.Verdict] = []
     if workers <= 1:
+        if progress:
+            progress(0)
         for batch in batches:
             verdicts.extend(_evaluate.judge(batch))
             if progress:
@@ -75,6 +77,8 @@ def judge_all(
     method = "fork" if _can_fork() else "spawn"
     context = multiprocessing.get_context(method)
     with context.Pool(workers, initializer=_load_models) as pool:
+        if progress:
+            progress(0)  # only now: a progress bar may start a thread, and we have forked
         for done in pool.imap(_evaluate.judge, batches):
             verdicts.extend(done)
             if progress:
