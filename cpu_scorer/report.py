@@ -21,14 +21,18 @@ def _fmt(value: Any) -> str:
 
 def print_summary(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
     lines = [f"== {summary['run_id']}  ({summary.get('model')}, {summary.get('precision')})"]
-    header = f"{'task':<12} {'metric':<26} {'value':>9} {'± stderr':>9} {'n':>6} {'tokens/s':>9}"
+    header = f"{'task':<12} {'metric':<26} {'value':>9} {'± stderr':>9} {'n':>6} {'tokens/s':>9}"  # samples/s for log-prob tasks
     lines.append(header)
     lines.append("-" * len(header))
     for task, entry in summary["tasks"].items():
         metrics = entry["metrics"]
         telemetry = entry.get("telemetry", {})
-        rate = telemetry.get("tokens_per_second") or telemetry.get("samples_per_second")
-        unit = "" if telemetry.get("tokens_per_second") else " smp/s" if rate else ""
+        if telemetry.get("tokens_per_second"):
+            rate_text = f"{telemetry['tokens_per_second']:.1f}"
+        elif telemetry.get("samples_per_second"):
+            rate_text = f"{telemetry['samples_per_second']:.2f} smp/s"
+        else:
+            rate_text = ""
         shown = [m for m in HEADLINE if metrics.get(m) is not None]
         if not shown:
             lines.append(f"{task:<12} {'(no scores yet)':<26} {'':>9} {'':>9} {entry['samples_scored']:>6}")
@@ -37,7 +41,7 @@ def print_summary(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
                 f"{task if i == 0 else '':<12} {name:<26} {_fmt(metrics[name]):>9} "
                 f"{_fmt(metrics.get(name + '_stderr')) if metrics.get(name + '_stderr') is not None else '':>9} "
                 f"{entry['samples_scored'] if i == 0 else '':>6} "
-                f"{(_fmt(rate) + unit) if i == 0 and rate else '':>9}"
+                f"{rate_text if i == 0 else '':>9}"
             )
         for note in entry.get("notes", []):
             lines.append(f"{'':<12} note: {note}")
