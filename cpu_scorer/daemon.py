@@ -296,9 +296,15 @@ class Daemon:
         return summary
 
     def _remember(self, run_id: str, summary: dict[str, Any]) -> None:
-        self._fresh[run_id] = summary_counts(summary)
+        counts = summary_counts(summary)
+        self._fresh[run_id] = counts
+        # Complete: every sample scored and no shard waiting (a bad extra shard can be
+        # pending in a run whose samples are all scored). Skipped until the next sweep.
         tasks = summary.get("tasks", {})
-        if tasks and all(t.get("complete") for t in tasks.values()):
+        if tasks and all(
+            entry.get("complete") and counts[task][0] == counts[task][1]
+            for task, entry in tasks.items()
+        ):
             self._complete.add(run_id)
 
     def _ensure_summary(self, run_id: str, counts: Counts) -> None:
