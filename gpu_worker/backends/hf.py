@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from gpu_worker.adapters import check_adapter
 from gpu_worker.backends.base import (
     BackendInfo,
     GenerationRequest,
@@ -31,6 +32,7 @@ from gpu_worker.backends.base import (
 )
 from gpu_worker.batching import available_cores, length_sorted_batches
 from gpu_worker.models import resolve_model
+from gpu_worker.precision import detect_platform, quiet_bitsandbytes, resolve_precision
 from shared.errors import TandemError
 from shared.spec import RunSpec
 
@@ -87,19 +89,24 @@ class HFBackend:
         return requested
 
     def _pick_precision(self, requested: str) -> str:
-        if requested == "auto":
-            if self.device == "cuda":
-                return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-            return "fp32"
-        if requested == "bf16" and self.device == "cpu" and not cpu_has_native_bf16():
+        # Refused here, before any weights load, when this platform cannot run it;
+        # "auto" becomes the concrete precision that run.json records.
+        precision = resolve_precision(self.name, requested, detect_platform(self.device))
+        if precision == "bf16" and self.device == "cpu" and not cpu_has_native_bf16():
             warnings.warn(
                 "bf16 on this CPU has no native bf16 instructions (no avx512_bf16/amx): it "
                 "runs several times slower than fp32 here; use precision = 'fp32'",
                 stacklevel=2,
             )
-        return requested
+        return precision
 
     def _load_model(self, path: str) -> Any:
+        if self.spec.adapter:
+            # Before the weights load: a wrong base should cost a second, not a download.
+            from transformers import AutoConfig
+
+            base_config = AutoConfig.from_pretrained(path, revision=self.spec.revision)
+            check_adapter(self.spec.adapter, self.spec.model, path, base_config)
         kwargs: dict[str, Any] = {"revision": self.spec.revision}
         if self.precision in DTYPES:
             kwargs["dtype"] = DTYPES[self.precision]
@@ -114,6 +121,7 @@ class HFBackend:
         return model
 
     def _quantization_kwargs(self) -> dict[str, Any]:
+        quiet_bitsandbytes()  # before the import: it logs from import time on
         try:
             import bitsandbytes  # noqa: F401
             from transformers import BitsAndBytesConfig
@@ -122,7 +130,12 @@ class HFBackend:
                 f"precision {self.precision!r} needs bitsandbytes: "
                 "pip install 'tandem-eval[quant]'"
             ) from error
-        compute = torch.bfloat16 if self.device == "cuda" else torch.float32
+        # Compute dtype of the dequantized matmuls: bf16 where the GPU has it, fp16 on
+        # older GPUs, fp32 on CPU (the reference dtype; bf16 emulation would be slower).
+        if self.device == "cuda":
+            compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            compute = torch.float32
         if self.precision == "int8":
             config = BitsAndBytesConfig(load_in_8bit=True)
         else:
@@ -136,8 +149,15 @@ class HFBackend:
             from peft import PeftModel
         except ImportError as error:
             raise TandemError("a LoRA adapter needs peft: pip install peft") from error
-        model = PeftModel.from_pretrained(model, self.spec.adapter)
+        model = PeftModel.from_pretrained(model, self.spec.adapter, is_trainable=False)
         if self.spec.merge_adapter:
+            if self.precision in ("int8", "nf4"):
+                # peft dequantizes, adds B@A and quantizes again: the merged model rounds
+                # differently from base + adapter, so its numbers differ slightly.
+                log.warning(
+                    "merging a LoRA into %s weights re-quantizes them; results differ "
+                    "slightly from the unmerged adapter", self.precision
+                )
             model = model.merge_and_unload()
         return model
 
@@ -178,8 +198,50 @@ class HFBackend:
 
     # ---- generation --------------------------------------------------------------------
     def _generation_batch_size(self, longest_total: int) -> int:
+        """Rows per generation batch. ``longest_total`` is the longest prompt plus
+        max_new_tokens: the KV cache grows to that length, so a batch that prefills
+        fine can still run out of memory 1000 tokens later."""
         if isinstance(self.spec.generation.batch_size, int):
             return self.spec.generation.batch_size
+        estimate = self._kv_batch_estimate(longest_total)
+        if self.device != "cuda":
+            return estimate
+        return self._probe_batch_size(estimate, longest_total)
+
+    def _probe_batch_size(self, start: int, longest_total: int) -> int:
+        """On a GPU, run the worst-case shape once (``start`` rows of ``longest_total``
+        tokens, cache on) and halve until it fits; the answer is cached per length
+        bucket. A forward over the full length allocates the final KV cache and larger
+        activations than any decoding step, so a size that passes here fits the real
+        batch; an out-of-memory there anyway is still halved by _generate_batch."""
+        bucket = max(longest_total, min(-(-longest_total // 256) * 256, self.max_length))
+        # Per-instance cache, created on first use (a GPU-only path).
+        probed: dict[int, int] = self.__dict__.setdefault("_probed_batch", {})
+        if bucket in probed:
+            return probed[bucket]
+        size = start
+        while size > 1 and not self._fits(size, bucket):
+            size //= 2
+        probed[bucket] = size
+        return size
+
+    @torch.inference_mode()
+    def _fits(self, size: int, length: int) -> bool:
+        ids = torch.full((size, length), self.tokenizer.pad_token_id, device=self.device)
+        try:
+            self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            return True
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not _is_oom(error):
+                raise
+            log.info("auto batch size: %d x %d tokens does not fit; halving", size, length)
+            return False
+        finally:
+            del ids
+            torch.cuda.empty_cache()
+
+    def _kv_batch_estimate(self, longest_total: int) -> int:
+        """Rows whose KV cache at full length fits the memory budget."""
         config = self.model.config
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
