@@ -350,12 +350,12 @@ def create_app(store_uri: str, token: str | None = None) -> FastAPI:
         ``failed=true``: failed or errored rows only; ``false``: passed rows only."""
         record = _record(store, run_id)
         task = _check_task_in(store, run_id, record, task)
-        table = _queries.filter_failed(_SAMPLES.samples(store, run_id, task), failed)
-        rows = table.slice(offset, limit).to_pylist() if offset < table.num_rows else []
+        total, table = _SAMPLES.page(store, run_id, task, failed, offset, limit)
+        rows = table.to_pylist() if table is not None else []
         return {
             "run_id": run_id,
             "task": task,
-            "total": table.num_rows,
+            "total": total,
             "offset": offset,
             "limit": limit,
             "rows": [_queries.row_json(r) for r in rows],
