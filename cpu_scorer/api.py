@@ -36,12 +36,14 @@ from cpu_scorer._page import PAGE
 from cpu_scorer.compare import compare_runs
 from cpu_scorer.scoring import compute_summary
 from shared.errors import TandemError
-from shared.spec import RUN_ID_PATTERN
-from shared.store import TASK_PATTERN, Store, check_run_id, check_task
+from shared.store import Store, check_run_id, check_task
 
 MAX_PAGE = 500  # rows or runs per page
-_RUN_ID = RUN_ID_PATTERN.pattern
-_TASK = TASK_PATTERN.pattern
+# RUN_ID_PATTERN and TASK_PATTERN without "..", written without look-ahead (pydantic's
+# regex engine has none) so the OpenAPI schema states exactly what is accepted: each
+# dot is followed by another allowed character or ends the name.
+_RUN_ID = r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.[A-Za-z0-9_-])*\.?$"
+_TASK = r"^[a-z0-9](?:[a-z0-9_-]|\.[a-z0-9_-])*\.?$"
 # Documented so clients (and schemathesis) know every status a route can answer.
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid run id or task name"},
@@ -81,16 +83,29 @@ def get_store(settings: Annotated[Settings, Depends(get_settings)]) -> Store:
 _bearer = HTTPBearer(auto_error=False, description="Required when the server has a token")
 
 
+def _verify(settings: Settings, given: str | None) -> None:
+    if settings.token is None:
+        return
+    if not secrets.compare_digest((given or "").encode(), settings.token.encode()):
+        raise HTTPException(401, "missing or wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
 def authorize(
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    if settings.token is None:
-        return
-    given = credentials.credentials.encode() if credentials else b""
-    if not secrets.compare_digest(given, settings.token.encode()):
-        raise HTTPException(401, "missing or wrong bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+    """The bearer check, declared in the OpenAPI schema (apps created with a token)."""
+    _verify(settings, credentials.credentials if credentials else None)
+
+
+def authorize_if_set(
+    settings: Annotated[Settings, Depends(get_settings)], request: Request
+) -> None:
+    """The same check for apps created without a token: undeclared in the schema (the
+    routes are open), yet still enforced should overridden settings carry a token."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    _verify(settings, value.strip() if scheme.lower() == "bearer" else None)
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
@@ -283,7 +298,12 @@ def create_app(store_uri: str, token: str | None = None) -> FastAPI:
         store.list_dirs(store.path("runs"))
         return {"status": "ok"}
 
-    data = APIRouter(dependencies=[Depends(authorize)], responses=_ERRORS)
+    # Without a token the routes are open, and the OpenAPI schema says so (no security
+    # scheme); with one, every data route requires it.
+    token_set = app.state.settings.token is not None
+    guard = Depends(authorize) if token_set else Depends(authorize_if_set)
+    errors = _ERRORS if token_set else {k: v for k, v in _ERRORS.items() if k != 401}
+    data = APIRouter(dependencies=[guard], responses=errors)
 
     @data.get("/runs")
     def list_runs(
