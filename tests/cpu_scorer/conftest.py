@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO.parent / "shared" / "data"
-TASKS = tuple(os.environ.get("DEV_TASKS", "ifeval,tinymmlu").split(","))  # DEV
+TASKS = ("ifeval", "tinymmlu")
 
 
 def generate(

@@ -83,7 +83,6 @@ def test_samples_filter_and_page(server: httpx.Client) -> None:
     assert beyond["rows"] == [] and beyond["total"] == 24
 
 
-@pytest.mark.skipif("ifeval" not in TASKS, reason="IFEval not in this test store")
 def test_ifeval_samples_carry_per_instruction_verdicts(server: httpx.Client) -> None:
     body = server.get("/runs/run-a/samples", params={"task": "ifeval", "limit": 40}).json()
     assert body["total"] == 40
