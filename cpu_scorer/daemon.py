@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -119,7 +120,7 @@ class Daemon:
     # ---- main loop -------------------------------------------------------------------
     def run(self) -> Tally:
         log.info("scorer %s watching %s (interval %.2fs, lease %.0fs)",
-                 self.owner, self.store.uri, self.config.interval, self.config.lease)
+                 self.owner, redact(self.store.uri), self.config.interval, self.config.lease)
         while not self.stop.is_set():
             if time.monotonic() - self._last_sweep >= self.config.sweep_every:
                 self.sweep()
@@ -148,7 +149,7 @@ class Daemon:
         try:
             runs = self.store.list_runs()
         except OSError as error:
-            log.error("cannot list runs in %s: %s", self.store.uri, error)
+            log.error("cannot list runs in %s: %s", redact(self.store.uri), error)
             return []
         return [r for r in runs if r not in self._complete]
 
@@ -330,7 +331,7 @@ class Daemon:
         try:
             runs = self.store.list_runs()
         except OSError as error:
-            log.error("cannot list runs in %s: %s", self.store.uri, error)
+            log.error("cannot list runs in %s: %s", redact(self.store.uri), error)
             return
         for run_id in runs:
             try:
@@ -373,6 +374,12 @@ class Daemon:
                         log.info("removed stale temp file %s", path)
                 except FileNotFoundError:
                     continue
+
+
+def redact(uri: str) -> str:
+    """A store URI fit for logs: credentials in it (s3://KEY:SECRET@bucket) hidden."""
+    uri = re.sub(r"(://)[^/@]*@", r"\1***@", uri)
+    return re.sub(r"((?:secret|access|session)_?(?:key|token)=)[^&]*", r"\1***", uri)
 
 
 def summary_counts(summary: dict[str, Any]) -> Counts:
