@@ -21,6 +21,15 @@ from typing import Any
 from cpu_scorer.ifeval import _args as a
 from cpu_scorer.ifeval import _langdetect, _text
 
+# The reference's fixed patterns.
+_DIVIDER = re.compile(r"\s?\*\*\*\s?")
+_PLACEHOLDER = re.compile(r"\[.*?\]")
+_STAR_BULLET = re.compile(r"^\s*\*[^\*].*$", re.MULTILINE)
+_DASH_BULLET = re.compile(r"^\s*-.*$", re.MULTILINE)
+_HIGHLIGHT = re.compile(r"\*[^\n\*]*\*")
+_DOUBLE_HIGHLIGHT = re.compile(r"\*\*[^\n\*]*\*\*")
+_TITLE = re.compile(r"<<[^\n]+>>")
+
 
 def _holds(count: int, relation: str, threshold: int) -> bool:
     return count < threshold if relation == "less than" else count >= threshold
@@ -36,17 +45,18 @@ def _is_language(text: str, language: str) -> bool:
 
 
 def keywords_existence(text: str, args: a.KeywordsArgs) -> bool:
-    return all(re.search(keyword, text, re.IGNORECASE) for keyword in args.keywords)
+    return all(a.compiled(keyword, re.IGNORECASE).search(text) for keyword in args.keywords)
 
 
 def keyword_frequency(text: str, args: a.KeywordFrequencyArgs) -> bool:
-    count = len(re.findall(args.keyword, text, re.IGNORECASE))
+    count = len(a.compiled(args.keyword, re.IGNORECASE).findall(text))
     return _holds(count, args.relation, args.frequency)
 
 
 def forbidden_words(text: str, args: a.ForbiddenWordsArgs) -> bool:
     return not any(
-        re.search(a.forbidden_pattern(word), text, re.IGNORECASE) for word in args.forbidden_words
+        a.compiled(a.forbidden_pattern(word), re.IGNORECASE).search(text)
+        for word in args.forbidden_words
     )
 
 
@@ -85,7 +95,7 @@ def number_sentences(text: str, args: a.SentencesArgs) -> bool:
 
 
 def number_paragraphs(text: str, args: a.ParagraphsArgs) -> bool:
-    paragraphs = re.split(r"\s?\*\*\*\s?", text)
+    paragraphs = _DIVIDER.split(text)
     count = len(paragraphs)
     for index, paragraph in enumerate(paragraphs):
         if not paragraph.strip():
@@ -124,20 +134,20 @@ def nth_paragraph_first_word(text: str, args: a.NthParagraphArgs) -> bool:
 
 
 def number_placeholders(text: str, args: a.PlaceholdersArgs) -> bool:
-    return len(re.findall(r"\[.*?\]", text)) >= args.num_placeholders
+    return len(_PLACEHOLDER.findall(text)) >= args.num_placeholders
 
 
 def postscript(text: str, args: a.PostscriptArgs) -> bool:
     pattern = a.postscript_pattern(args.postscript_marker)
-    return re.search(pattern, text.lower(), flags=re.MULTILINE) is not None
+    return a.compiled(pattern, re.MULTILINE).search(text.lower()) is not None
 
 
 # detectable format
 
 
 def number_bullet_lists(text: str, args: a.BulletsArgs) -> bool:
-    stars = re.findall(r"^\s*\*[^\*].*$", text, flags=re.MULTILINE)
-    dashes = re.findall(r"^\s*-.*$", text, flags=re.MULTILINE)
+    stars = _STAR_BULLET.findall(text)
+    dashes = _DASH_BULLET.findall(text)
     return len(stars) + len(dashes) == args.num_bullets
 
 
@@ -152,15 +162,15 @@ def constrained_response(text: str, args: a.NoArgs) -> bool:
 def number_highlighted_sections(text: str, args: a.HighlightsArgs) -> bool:
     # *x* and **x** are found by separate patterns (the first sees only the empty "**"
     # halves of a **x**), each counted if it holds more than blanks.
-    single = re.findall(r"\*[^\n\*]*\*", text)
-    double = re.findall(r"\*\*[^\n\*]*\*\*", text)
+    single = _HIGHLIGHT.findall(text)
+    double = _DOUBLE_HIGHLIGHT.findall(text)
     count = sum(1 for h in single if h.strip("*").strip())
     count += sum(1 for h in double if h.removeprefix("**").removesuffix("**").strip())
     return count >= args.num_highlights
 
 
 def multiple_sections(text: str, args: a.SectionsArgs) -> bool:
-    sections = re.split(a.section_pattern(args.section_spliter), text)
+    sections = a.compiled(a.section_pattern(args.section_spliter)).split(text)
     return len(sections) - 1 >= args.num_sections
 
 
@@ -184,7 +194,7 @@ def json_format(text: str, args: a.NoArgs) -> bool:
 
 
 def title(text: str, args: a.NoArgs) -> bool:
-    titles = re.findall(r"<<[^\n]+>>", text)
+    titles = _TITLE.findall(text)
     return any(t.lstrip("<").rstrip(">").strip() for t in titles)
 
 

@@ -59,6 +59,8 @@ _LATIN = re.compile("[A-z]")  # langdetect counts 'A' <= ch <= 'z', brackets inc
 _NON_LATIN = re.compile("[\u0300-\U0010ffff]")
 _WORD = re.compile("[^ ]+ ?")
 _AHEAD = 128  # random draws made ahead per text and trial
+_ALONE = 4  # texts left in a batch that finish one by one
+_HORIZON = 1024  # stream outputs whose acceptance is computed up front, per text
 
 
 @dataclass(frozen=True)
@@ -220,39 +222,29 @@ class _Stream:
         g2rad = math.sqrt(-2.0 * math.log(1.0 - self.random(pos + 2)))
         return math.cos(x2pi) * g2rad, math.sin(x2pi) * g2rad
 
-    def choices(self, pos: int, n: int, count: int) -> tuple[list[int], list[int]]:
-        """``count`` successive ``randbelow(n)`` results from pos (as ``random.choice`` of
-        an n-sequence draws them), and the stream position after each of them."""
-        values, ends = self.choices_many([pos], [n], count)
-        return values[0].tolist(), ends[0].tolist()
+    def accepted(
+        self, sizes: list[int], stop: int, start: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where ``random.choice`` of an n-sequence accepts a draw, for each n in sizes.
 
-    def choices_many(
-        self, starts: list[int], sizes: list[int], count: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`choices` for several (pos, n) at once: (len(starts), count) arrays."""
+        CPython's ``randbelow(n)`` takes the top ``n.bit_length()`` bits of the next
+        output and draws again while that is ``>= n``; each try uses one output. So the
+        draws made from any stream position P are the accepted outputs at P and after,
+        in order. Returns, over the outputs ``start`` to ``stop`` and concatenated over
+        sizes: the accepted values, the stream position just after each, and where each
+        size's run begins (``offsets``, one more than sizes).
+        """
         import numpy as np
 
-        start = np.asarray(starts, np.int64)
-        n = np.asarray(sizes, np.int64)
-        # CPython's randbelow(n): take the top n.bit_length() bits of the next output,
-        # and draw again while the value is >= n.
-        shift = 32 - np.array([int(x).bit_length() for x in sizes], np.int64)
-        window = 2 * count + 32  # acceptance is above 1/2, so this nearly always suffices
-        self.ensure(int(start.max()) + window)
-        candidates = self.words[start[:, None] + np.arange(window)] >> shift[:, None]
-        accepted = candidates < n[:, None]
-        rank = np.cumsum(accepted, axis=1) - 1  # which draw an accepted candidate makes
-        short = np.flatnonzero(rank[:, -1] < count - 1)
-        row, col = np.nonzero(accepted & (rank < count))
-        values = np.zeros((len(start), count), np.int64)
-        ends = np.zeros((len(start), count), np.int64)
-        values[row, rank[row, col]] = candidates[row, col]
-        ends[row, rank[row, col]] = start[row] + col + 1
-        for i in short.tolist():  # an unlucky window: continue where it ran out
-            got = int(rank[i, -1]) + 1
-            more, more_ends = self.choices_many([int(start[i]) + window], [sizes[i]], count - got)
-            values[i, got:], ends[i, got:] = more[0], more_ends[0]
-        return values, ends
+        self.ensure(stop)
+        n = np.asarray(sizes, np.int64)[:, None]
+        shift = 32 - np.array([int(x).bit_length() for x in sizes], np.int64)[:, None]
+        candidates = self.words[start:stop] >> shift
+        ok = candidates < n
+        offsets = np.zeros(len(sizes) + 1, np.int64)
+        np.cumsum(ok.sum(axis=1), out=offsets[1:])
+        ends = np.nonzero(ok)[1] + (start + 1)
+        return candidates[ok], ends, offsets
 
 
 @functools.lru_cache(maxsize=1)
@@ -260,18 +252,24 @@ def _stream() -> _Stream | None:
     """The replayed stream, or None when it does not match this interpreter's random."""
     import random
 
+    import numpy as np
+
     stream = _Stream()
     real = random.Random(0)
     pos = 0
-    for n in (1, 2, 3, 1000, 2**15 + 3, 7, 9999):
+    sizes = [1, 2, 3, 1000, 2**15 + 3, 7, 9999]
+    values, ends, offsets = stream.accepted(sizes, 4096)
+    for i, n in enumerate(sizes):
         z, cached = stream.gauss_pair(pos)
         pos += 4
         if real.gauss(0.0, 1.0) != z or real.gauss(0.0, 1.0) != cached:
             return None
-        mine, ends = stream.choices(pos, n, 50)
-        pos = ends[-1]
+        own = slice(offsets[i], offsets[i + 1])
+        first = int(np.searchsorted(ends[own], pos, side="right"))
+        mine = values[own][first : first + 50].tolist()
         if mine != [real.choice(range(n)) for _ in range(50)]:
             return None
+        pos = int(ends[own][first + 49])
     return stream
 
 
@@ -289,12 +287,14 @@ def _densify(model: _Model, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _row_sums(prob: np.ndarray) -> np.ndarray:
+def _sums(prob: np.ndarray) -> np.ndarray:
+    """Sums over the last axis (languages), rounded as langdetect's builtin ``sum``."""
     import numpy as np
 
     if _SUM_IS_PLAIN:
-        return np.cumsum(prob, axis=1)[:, -1]
-    return np.array([sum(row) for row in prob.tolist()])
+        return np.cumsum(prob, axis=-1)[..., -1]
+    rows = prob.reshape(-1, prob.shape[-1]).tolist()
+    return np.array([sum(row) for row in rows]).reshape(prob.shape[:-1])
 
 
 def _winner(langprob: np.ndarray, trials_done: int) -> int | None:
@@ -337,98 +337,152 @@ def _detect_batch(ngram_rows: list[list[int]], model: _Model, stream: _Stream) -
     seen[flat] = True
     probabilities = _densify(model, np.flatnonzero(seen))
     position_row = (np.cumsum(seen) - 1)[flat]  # n-gram number (all texts) -> that row
-    sizes = np.array([len(r) for r in ngram_rows], np.int64)
-    first_position = np.cumsum(sizes) - sizes
+    sizes = [len(r) for r in ngram_rows]
+    first_position = np.cumsum([0] + sizes[:-1])
 
     count = len(ngram_rows)
     text = np.arange(count)  # slot -> text
-    pos = np.zeros(count, np.int64)  # stream position of the next gauss / draw
     gauss_next: list[float | None] = [None] * count  # per text, as random.gauss caches it
-    # Draws are made _AHEAD at a time, stored as probability rows; ends[s, i] is the
-    # stream position after draw i, where the next trial starts if this one stops there.
-    ahead = np.zeros((count, _AHEAD), np.int64)
-    ends = np.zeros((count, _AHEAD), np.int64)
-    used = np.zeros(count, np.int64)
+    # Every draw a text can make, precomputed: draws[s, i] is the probability row of the
+    # i-th accepted stream output for its n-gram count, ends[s, i] the stream position
+    # after it. A trial starting at position P draws from the first output at or after P.
+    # Stored flat: slot s's draws are draws[offset[s] : offset[s] + drawn[s]].
+    horizon = _HORIZON
+    draws = ends = offset = drawn = np.empty(0, np.int64)
+
+    def extend_horizon(length: int) -> None:
+        nonlocal draws, ends, offset, drawn, horizon
+        horizon = length
+        values, ends, bounds = stream.accepted([sizes[t] for t in text.tolist()], horizon)
+        offset, drawn = bounds[:-1], np.diff(bounds)
+        draws = position_row[values + np.repeat(first_position[text], drawn)]
+
+    extend_horizon(horizon)
+    nxt = np.zeros(count, np.int64)  # index of each slot's next draw
     block = np.zeros(count, np.int64)
     trials = np.zeros(count, np.int64)
     weight = np.zeros(count)
-    prob = np.empty((count, n_langs))
+    prob = np.full((count, n_langs), 1.0 / n_langs)
     langprob = np.zeros((count, n_langs))
     result = [UNKNOWN] * count
 
-    def draw(slots: np.ndarray, starts: np.ndarray, keep: np.ndarray) -> None:
-        """Refill slots' draws from stream positions, keeping their `keep` unused ones."""
-        for k in np.unique(keep).tolist():
-            group = slots[keep == k]
-            values, after = stream.choices_many(
-                starts[keep == k].tolist(), sizes[text[group]].tolist(), _AHEAD - k
-            )
-            values = position_row[values + first_position[text[group]][:, None]]
-            ahead[group] = np.concatenate([ahead[group, _AHEAD - k :], values], axis=1)
-            ends[group] = np.concatenate([ends[group, _AHEAD - k :], after], axis=1)
-        used[slots] = 0
+    def start_trial(s: int, pos: int) -> None:
+        t = int(text[s])
+        z = gauss_next[t]
+        gauss_next[t] = None
+        if z is None:
+            z, gauss_next[t] = stream.gauss_pair(pos)
+            pos += 4
+        alpha = _ALPHA_DEFAULT + (0.0 + z * 1.0) * _ALPHA_WIDTH  # gauss(mu=0, sigma=1)
+        weight[s] = alpha / _BASE_FREQ
+        prob[s] = 1.0 / n_langs
+        block[s] = 0
+        while pos + 64 > horizon:  # so the search below sees the draws after pos
+            extend_horizon(2 * horizon)
+        nxt[s] = np.searchsorted(ends[offset[s] : offset[s] + drawn[s]], pos, side="right")
 
-    def start_trials(slots: np.ndarray) -> None:
-        for s in slots.tolist():
-            t = int(text[s])
-            z = gauss_next[t]
-            gauss_next[t] = None
-            if z is None:
-                z, gauss_next[t] = stream.gauss_pair(int(pos[s]))
-                pos[s] += 4
-            alpha = _ALPHA_DEFAULT + (0.0 + z * 1.0) * _ALPHA_WIDTH  # gauss(mu=0, sigma=1)
-            weight[s] = alpha / _BASE_FREQ
-        prob[slots] = 1.0 / n_langs
-        block[slots] = 0
-        draw(slots, pos[slots], np.zeros(len(slots), np.int64))
-
-    start_trials(np.arange(count))
+    for s in range(count):
+        start_trial(s, 0)
     lanes = np.arange(5)
-    while len(text):
-        low = np.flatnonzero(used + 5 > _AHEAD)
-        if len(low):  # long trials: draw on after the last draw made
-            draw(low, ends[low, -1], _AHEAD - used[low])
-        first = block == 0
-        factors = probabilities[np.take_along_axis(ahead, used[:, None] + lanes, axis=1)]
+    while len(text) > _ALONE:
+        if int((nxt - drawn).max()) + 5 > 0:  # some slot may run past its draws
+            extend_horizon(2 * horizon)
+        where = (offset + nxt)[:, None] + lanes
+        factors = probabilities[draws[np.minimum(where, len(draws) - 1)]]
         factors += weight[:, None, None]  # weight + lang_prob_map[i], as langdetect adds
-        factors[first, 1:] = 1.0  # one update only: times 1.0 changes nothing
+        first = block == 0
+        nxt += 5
+        if first.any():  # a trial's first check comes after one update, not five:
+            factors[first, 1:] = 1.0  # times 1.0 changes nothing
+            nxt[first] -= 4
         for j in range(5):
             prob *= factors[:, j]
-        prob /= _row_sums(prob)[:, None]
-        used += np.where(first, 1, 5)
+        prob /= _sums(prob)[:, None]
         done = prob.max(axis=1) > _CONV_THRESHOLD
-        done |= block * 5 >= _ITERATION_LIMIT
+        if block.max() * 5 >= _ITERATION_LIMIT:
+            done |= block * 5 >= _ITERATION_LIMIT
         block += 1
         if not done.any():
             continue
         stopped = np.flatnonzero(done)
         langprob[stopped] += prob[stopped] / _N_TRIAL
         trials[stopped] += 1
-        pos[stopped] = ends[stopped, used[stopped] - 1]
-        again, finished = [], []
+        finished = []
         for s in stopped.tolist():
             winner = _winner(langprob[s], int(trials[s]))
-            if winner is None:
-                again.append(s)
+            if winner is None:  # the next trial starts where this one's draws ended
+                start_trial(s, int(ends[offset[s] + nxt[s] - 1]))
             else:
                 finished.append(s)
                 if winner >= 0:
                     result[int(text[s])] = model.langs[winner]
-        if again:
-            start_trials(np.asarray(again))
         if finished:
             keep = np.ones(len(text), bool)
             keep[finished] = False
-            text, pos, ahead, ends, used = (
-                text[keep],
-                pos[keep],
-                ahead[keep],
-                ends[keep],
-                used[keep],
-            )
+            # The flat draws stay; only the slots' views into them are dropped.
+            text, offset, drawn, nxt = text[keep], offset[keep], drawn[keep], nxt[keep]
             block, trials, weight = block[keep], trials[keep], weight[keep]
             prob, langprob = prob[keep], langprob[keep]
+    for s in range(len(text)):
+        t = int(text[s])
+        rows = position_row[first_position[t] : first_position[t] + sizes[t]]
+        start = int(ends[offset[s] + nxt[s]] - 1) if nxt[s] < drawn[s] else horizon
+        state = (prob[s].copy(), float(weight[s]), langprob[s].copy(), int(trials[s]))
+        winner = _walk_alone(
+            stream, probabilities, rows, gauss_next[t], int(block[s]), start, *state
+        )
+        if winner >= 0:
+            result[t] = model.langs[winner]
     return result
+
+
+def _walk_alone(
+    stream: _Stream,
+    probabilities: np.ndarray,
+    rows: np.ndarray,
+    gauss_next: float | None,
+    block: int,
+    start: int,
+    prob: np.ndarray,
+    weight: float,
+    langprob: np.ndarray,
+    trials: int,
+) -> int:
+    """The rest of one text's walk on its own, from its state in a batch; ``start`` is the
+    stream position of its next draw. Once few texts are left in a batch, this costs less
+    than a batch step (numpy's per-call overhead dominates there)."""
+    n = len(rows)
+    values: list[int] = []
+    after: list[int] = []
+    while True:
+        need = 1 if block == 0 else 5
+        if len(values) < need:
+            more, more_ends, _ = stream.accepted([n], start + 256, start)
+            values += rows[more].tolist()
+            after += more_ends.tolist()
+            start += 256
+            continue
+        for row in values[:need]:
+            prob *= probabilities[row] + weight
+        last = after[need - 1]
+        del values[:need], after[:need]
+        prob /= _sums(prob)
+        if not (prob.max() > _CONV_THRESHOLD or block * 5 >= _ITERATION_LIMIT):
+            block += 1
+            continue
+        langprob += prob / _N_TRIAL
+        trials += 1
+        winner = _winner(langprob, trials)
+        if winner is not None:
+            return winner
+        # The next trial starts right after this one's last draw.
+        start, values, after, block = last, [], [], 0
+        z, gauss_next = gauss_next, None
+        if z is None:
+            z, gauss_next = stream.gauss_pair(start)
+            start += 4
+        weight = (_ALPHA_DEFAULT + (0.0 + z * 1.0) * _ALPHA_WIDTH) / _BASE_FREQ
+        prob[:] = 1.0 / len(prob)
 
 
 _memo: dict[str, str | None] = {}

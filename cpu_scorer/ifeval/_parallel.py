@@ -14,7 +14,7 @@ from shared.errors import TandemError
 # Texts whose language is asked are detected a batch at a time, all advancing together
 # one numpy step at a time: the more texts per step, the less overhead per text. A batch
 # of this many responses holds a few MB of detection state.
-BATCH = 1024
+BATCH = 2048
 # Below this many responses, starting worker processes costs more than it saves.
 PARALLEL_MIN = 512
 
@@ -54,35 +54,48 @@ def judge_all(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[_evaluate.Verdict]:
-    """Verdicts in input order. Deterministic: batches are contiguous slices, and every
-    checker, langdetect included, is a pure function of its text."""
+    """Verdicts in input order. Deterministic: the work is cut into contiguous slices,
+    and every checker, langdetect included, is a pure function of its text."""
     if workers is not None and workers < 1:
         raise TandemError(f"workers must be at least 1, got {workers}")
     workers = 1 if len(tasks) < PARALLEL_MIN else (workers or cpu_count())
-    # Two batches per worker at least, so a worker that finishes early takes another.
-    size = max(1, min(BATCH, -(-len(tasks) // (2 * workers)) if workers > 1 else BATCH))
-    batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+    # One contiguous share per process. A share is judged in as few batches as memory
+    # allows: every batch pays for the few slowest texts of its language detection.
+    share = -(-len(tasks) // workers)
+    shares = [_batches(tasks[i : i + share]) for i in range(0, len(tasks), share)]
     _load_models()
-    verdicts: list[_evaluate.Verdict] = []
-    if workers <= 1:
-        if progress:
-            progress(0)
-        for batch in batches:
-            verdicts.extend(_evaluate.judge(batch))
-            if progress:
-                progress(len(batch))
-        return verdicts
-    # fork shares the loaded models with the workers and starts in milliseconds; it is
-    # only safe while this process has no other threads, otherwise start fresh ones.
-    method = "fork" if _can_fork() else "spawn"
-    context = multiprocessing.get_context(method)
-    with context.Pool(workers, initializer=_load_models) as pool:
-        if progress:
-            progress(0)  # only now: a progress bar may start a thread, and we have forked
-        for done in pool.imap(_evaluate.judge, batches):
+    if len(shares) == 1:
+        return _judge_batches(shares[0], progress)
+    # This process judges the first share while workers judge the others: one process
+    # fewer holding the models. fork shares the loaded models and starts in
+    # milliseconds; it is only safe while this process has no other threads.
+    context = multiprocessing.get_context("fork" if _can_fork() else "spawn")
+    with context.Pool(len(shares) - 1, initializer=_load_models) as pool:
+        pending = [pool.apply_async(_evaluate.judge, (b,)) for s in shares[1:] for b in s]
+        # Only now: a progress bar may start a thread, and the workers exist.
+        verdicts = _judge_batches(shares[0], progress)
+        for result in pending:
+            done = result.get()
             verdicts.extend(done)
             if progress:
                 progress(len(done))
+    return verdicts
+
+
+def _batches(tasks: Sequence[_evaluate.Task]) -> list[Sequence[_evaluate.Task]]:
+    return [tasks[i : i + BATCH] for i in range(0, len(tasks), BATCH)]
+
+
+def _judge_batches(
+    batches: list[Sequence[_evaluate.Task]], progress: Callable[[int], None] | None
+) -> list[_evaluate.Verdict]:
+    if progress:
+        progress(0)
+    verdicts: list[_evaluate.Verdict] = []
+    for batch in batches:
+        verdicts.extend(_evaluate.judge(batch))
+        if progress:
+            progress(len(batch))
     return verdicts
 
 
