@@ -115,6 +115,7 @@ def test_sigkill_at_random_points_loses_nothing(
     root = fresh_copy(crash_template, tmp_path / "store")
     log = tmp_path / "daemon.log"
     landed = _kill_repeatedly(root, log, kills=4, seed=1)
+    print(f"{landed} kills landed mid-work")
     assert landed >= 2, "the kills should land while shards are being scored"
     _finish(root, log)
     _assert_same_as_reference(root, reference)
@@ -127,7 +128,9 @@ def test_sigkill_many_times(
 ) -> None:
     root = fresh_copy(crash_template, tmp_path / "store")
     log = tmp_path / "daemon.log"
-    _kill_repeatedly(root, log, kills=12, seed=100 + seed)
+    landed = _kill_repeatedly(root, log, kills=12, seed=100 + seed)
+    print(f"seed {seed}: {landed} kills landed mid-work")
+    assert landed >= 2
     _finish(root, log)
     _assert_same_as_reference(root, reference)
 
