@@ -208,55 +208,87 @@ def _actor_options(spec: RunSpec, workers: int | None) -> tuple[int, dict[str, A
     return count, {"num_cpus": per_actor, "runtime_env": {"env_vars": env}}
 
 
+def _init_error(error: Exception) -> str:
+    """The user-facing line of an actor's failed __init__ (Ray passes only the text)."""
+    text = str(error)
+    if "TandemError:" in text:
+        return text.rsplit("TandemError:", 1)[1].strip()
+    return text.strip().splitlines()[-1] if text.strip() else repr(error)
+
+
 def _run_ray(spec, store_uri, jobs, record, workers, progress):
+    """Shards spread over a pool of actors, each taking the next shard when it is free.
+
+    A shard whose actor dies goes back to the front of the queue and runs on the next
+    free actor; the dead actor is replaced by a fresh one (Ray places it wherever the
+    resources are, so a lost GPU node's share moves elsewhere). A shard that fails
+    MAX_ATTEMPTS times stops the job; what was published stays, so a rerun resumes.
+    """
     try:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
     except ImportError as error:
-        raise TandemError("running over Ray needs ray: pip install 'tandem-eval[worker]'") from error
+        raise TandemError(
+            "running over Ray needs ray: pip install 'tandem-eval[worker]'"
+        ) from error
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
     count, options = _actor_options(spec, workers)
     count = min(count, len(jobs))
-    actor_class = ray.remote(max_restarts=2, max_task_retries=0)(ShardActor)
-    actors = [actor_class.options(**options).remote(spec, store_uri, record) for _ in range(count)]
+    # No Ray-level restarts: a restarted actor would take new shards while reloading
+    # the model, and its lost shard would be retried on the same node. We replace dead
+    # actors ourselves, up to a budget, so a crash loop cannot run forever.
+    actor_class = ray.remote(max_restarts=0, max_task_retries=0)(ShardActor)
+
+    def new_actor():
+        return actor_class.options(**options).remote(spec, store_uri, record)
+
+    idle = [new_actor() for _ in range(count)]
+    replacements_left = MAX_ATTEMPTS * count
     print(f"ray: {count} actor(s) with {options.get('num_gpus', 0)} GPU / "
           f"{options['num_cpus']} CPU each", file=sys.stderr)
     queue = list(jobs)
     attempts: dict[str, int] = {}
     in_flight: dict[Any, tuple[Any, ShardJob]] = {}
 
-    def submit(actor):
-        job = queue.pop(0)
-        in_flight[actor.run.remote(job)] = (actor, job)
+    def failed(job: ShardJob, what: str, error: Exception) -> None:
+        key = f"{job.task}/{job.ref.name}"
+        attempts[key] = attempts.get(key, 0) + 1
+        if attempts[key] >= MAX_ATTEMPTS:
+            raise TandemError(f"shard {key}: {what} {MAX_ATTEMPTS} times: {error}") from error
+        print(f"shard {key}: {what} ({type(error).__name__}); retrying", file=sys.stderr)
 
-    for actor in actors:
-        if queue:
-            submit(actor)
     with _progress(jobs, progress) as bar:
-        while in_flight:
+        while queue or in_flight:
+            while queue and idle:
+                actor = idle.pop(0)
+                job = queue.pop(0)
+                in_flight[actor.run.remote(job)] = (actor, job)
             done, _ = ray.wait(list(in_flight), num_returns=1)
             actor, job = in_flight.pop(done[0])
             try:
                 stats = ray.get(done[0])
+            except RayActorError as error:  # the process died: OOM-killed, node lost, ...
+                if error.actor_init_failed:
+                    # Its backend could not be built (bad spec, missing extra): every
+                    # replica would fail the same way, so say why instead of retrying.
+                    raise TandemError(f"a worker could not start: {_init_error(error)}") from None
+                failed(job, "worker died", error)
+                queue.insert(0, job)  # next free actor, not the dead one
+                ray.kill(actor, no_restart=True)
+                if replacements_left <= 0:
+                    raise TandemError(
+                        f"{MAX_ATTEMPTS * count} workers died; giving up (rerun to resume)"
+                    ) from error
+                replacements_left -= 1
+                idle.append(new_actor())
             except RayTaskError as error:
                 if isinstance(error.cause, TandemError):
                     raise error.cause from None
-                key = f"{job.task}/{job.ref.name}"
-                attempts[key] = attempts.get(key, 0) + 1
-                if attempts[key] >= MAX_ATTEMPTS:
-                    raise TandemError(f"shard {key} failed {MAX_ATTEMPTS} times: {error}") from error
-                log.warning("shard %s failed (%s); retrying", key, error)
+                failed(job, "failed", error)
                 queue.append(job)
-            except RayActorError as error:
-                key = f"{job.task}/{job.ref.name}"
-                attempts[key] = attempts.get(key, 0) + 1
-                if attempts[key] >= MAX_ATTEMPTS:
-                    raise TandemError(f"shard {key}: worker died {MAX_ATTEMPTS} times") from error
-                print(f"worker died on shard {key}; retrying elsewhere", file=sys.stderr)
-                queue.append(job)
+                idle.append(actor)
             else:
                 bar.update(len(job.samples))
+                idle.append(actor)
                 yield stats
-            if queue:
-                submit(actor)
