@@ -36,7 +36,11 @@ def reference(crash_template: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _scored_lines(log: Path) -> int:
-    return log.read_text(errors="replace").count(" INFO tandem.scorer: scored ")
+    """Shards finished so far, per the logs: scored or quarantined."""
+    text = log.read_text(errors="replace")
+    return text.count(" INFO tandem.scorer: scored ") + text.count(
+        " WARNING tandem.scorer: quarantined "
+    )
 
 
 def _pending(root: Path) -> set[str]:
