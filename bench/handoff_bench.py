@@ -38,9 +38,14 @@ def _stage(root: Path, shards: int) -> tuple[str, list[tuple[str, str, bytes]]]:
     from shared.spec import RunSpec
 
     per_task = max(1, shards // 2) * 4
-    spec = RunSpec(run_id="handoff", backend="fake", tasks=("ifeval", "tinymmlu"),
-                   limit={"ifeval": per_task, "tinymmlu": per_task}, shard_size=4,
-                   data_dir=str(DATA_DIR))
+    spec = RunSpec(
+        run_id="handoff",
+        backend="fake",
+        tasks=("ifeval", "tinymmlu"),
+        limit={"ifeval": per_task, "tinymmlu": per_task},
+        shard_size=4,
+        data_dir=str(DATA_DIR),
+    )
     run_generation(spec, str(root), local=True, progress=False)
     files = []
     for path in sorted((root / "runs/handoff/generations").glob("*/*.parquet")):
@@ -56,8 +61,13 @@ def _free_port() -> int:
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tandem", *args], cwd=REPO, env=env,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "tandem", *args],
+        cwd=REPO,
+        env=env,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+    )  # noqa: SIM115
 
 
 def _scored(client: httpx.Client, run_id: str, task: str) -> int:
@@ -86,10 +96,13 @@ def main() -> int:
             (tmp_path / "staging/runs" / run_id / "run.json").read_bytes()
         )
         port = _free_port()
-        daemon = _spawn(["scorer", "--store", str(store), "--interval", str(args.interval)],
-                        tmp_path / "daemon.log")
-        server = _spawn(["serve", "--store", str(store), "--port", str(port)],
-                        tmp_path / "serve.log")
+        daemon = _spawn(
+            ["scorer", "--store", str(store), "--interval", str(args.interval)],
+            tmp_path / "daemon.log",
+        )
+        server = _spawn(
+            ["serve", "--store", str(store), "--port", str(port)], tmp_path / "serve.log"
+        )
         latencies: list[float] = []
         try:
             from shared.store import Store
@@ -109,9 +122,7 @@ def main() -> int:
                     # Publish at a random phase of the daemon's poll cycle.
                     time.sleep(rng.uniform(0, args.interval))
                     started = time.perf_counter()
-                    target.publish_bytes(
-                        target.run_path(run_id, "generations", task, name), data
-                    )
+                    target.publish_bytes(target.run_path(run_id, "generations", task, name), data)
                     done[task] = done.get(task, 0) + 1
                     while _scored(client, run_id, task) < done[task]:
                         if time.perf_counter() - started > 30:

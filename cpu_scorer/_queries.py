@@ -30,10 +30,21 @@ from shared.store import ShardRef, Store
 
 # Generation columns worth showing next to the verdicts; whichever exist are kept.
 GENERATION_COLUMNS = (
-    "prompt", "response", "finish_reason", "generated_tokens", "choices", "gold", "text", "doc",
+    "prompt",
+    "response",
+    "finish_reason",
+    "generated_tokens",
+    "choices",
+    "gold",
+    "text",
+    "doc",
 )
 SCORE_COLUMNS = (
-    "metrics", "instruction_id_list", "inst_level_strict", "inst_level_loose", "prediction",
+    "metrics",
+    "instruction_id_list",
+    "inst_level_strict",
+    "inst_level_loose",
+    "prediction",
 )
 # The columns of an export, the same for every task so one file can hold a whole run.
 EXPORT_SCHEMA = pa.schema(
@@ -150,8 +161,11 @@ def _build_index(store: Store, refs: list[ShardRef], scored: set[str]) -> TaskIn
         count = ids.num_rows
         is_scored = ref.name in scored
         if is_scored:
-            scores = _read_columns(store, store.shard_path("scores", ref),
-                                   ["sample_id", "metrics", "inst_level_strict", "error"])
+            scores = _read_columns(
+                store,
+                store.shard_path("scores", ref),
+                ["sample_id", "metrics", "inst_level_strict", "error"],
+            )
             if not scores.column("sample_id").equals(ids.column("sample_id")):
                 raise TandemError(f"{ref}: score shard rows do not match its generation shard")
             passed.append(_passed(scores))
@@ -242,8 +256,10 @@ class SampleCache:
     def samples(self, store: Store, run_id: str, task: str) -> pa.Table:
         """Every sample of a task with its verdicts (compare reads them all)."""
         index = self.index(store, run_id, task)
-        parts = [self.shard(store, ref, scored)
-                 for ref, scored in zip(index.refs, index.scored, strict=True)]
+        parts = [
+            self.shard(store, ref, scored)
+            for ref, scored in zip(index.refs, index.scored, strict=True)
+        ]
         return pa.concat_tables(parts, promote_options="permissive")
 
 
@@ -316,8 +332,12 @@ def shard_state(store: Store) -> dict[str, Any]:
                     latencies.append(max(0.0, scores[name] - made))
                 elif name not in records:
                     pending += 1
-    return {"pending": pending, "scored": scored, "quarantined": quarantined,
-            "latencies": latencies}
+    return {
+        "pending": pending,
+        "scored": scored,
+        "quarantined": quarantined,
+        "latencies": latencies,
+    }
 
 
 def _mtimes(store: Store, folder: str, suffix: str) -> dict[str, float]:

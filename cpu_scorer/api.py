@@ -53,7 +53,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 # Headline metric per task kind, for the run list and the chart.
 HEADLINE = (
-    "prompt_level_strict_acc", "acc_norm", "acc", "word_perplexity", "token_perplexity",
+    "prompt_level_strict_acc",
+    "acc_norm",
+    "acc",
+    "word_perplexity",
+    "token_perplexity",
 )
 
 
@@ -87,8 +91,9 @@ def _verify(settings: Settings, given: str | None) -> None:
     if settings.token is None:
         return
     if not secrets.compare_digest((given or "").encode(), settings.token.encode()):
-        raise HTTPException(401, "missing or wrong bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 def authorize(
@@ -208,8 +213,11 @@ def _metrics_text(store: Store) -> str:
         "# TYPE tandem_scoring_latency_seconds summary",
     ]
     for quantile in (0.5, 0.9, 0.99):
-        value = latencies[min(len(latencies) - 1, int(quantile * len(latencies)))] if latencies \
+        value = (
+            latencies[min(len(latencies) - 1, int(quantile * len(latencies)))]
+            if latencies
             else float("nan")
+        )
         lines.append(f'tandem_scoring_latency_seconds{{quantile="{quantile}"}} {value:.6g}')
     lines.append(f"tandem_scoring_latency_seconds_sum {sum(latencies):.6g}")
     lines.append(f"tandem_scoring_latency_seconds_count {len(latencies)}")
@@ -246,8 +254,9 @@ class _Chunks:
 
 def _stream_parquet(batches: Iterator[pa.Table]) -> Iterator[bytes]:
     sink = _Chunks()
-    with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), _queries.EXPORT_SCHEMA,
-                          compression="zstd") as writer:
+    with pq.ParquetWriter(
+        pa.PythonFile(sink, mode="w"), _queries.EXPORT_SCHEMA, compression="zstd"
+    ) as writer:
         for batch in batches:
             writer.write_table(batch)
             yield sink.take()
@@ -286,11 +295,14 @@ def create_app(store_uri: str, token: str | None = None) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse(PAGE, headers={
-            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-            "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
-            "X-Content-Type-Options": "nosniff",
-        })
+        return HTMLResponse(
+            PAGE,
+            headers={
+                "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     @app.get("/healthz", responses={503: _ERRORS[503]})
     def healthz(store: StoreDep) -> dict[str, Any]:
@@ -384,8 +396,9 @@ def create_app(store_uri: str, token: str | None = None) -> FastAPI:
     @data.get(
         "/runs/{run_id}/export",
         response_class=StreamingResponse,
-        responses={200: {"content": {"application/x-ndjson": {},
-                                     "application/vnd.apache.parquet": {}}}},
+        responses={
+            200: {"content": {"application/x-ndjson": {}, "application/vnd.apache.parquet": {}}}
+        },
     )
     def export(
         store: StoreDep,
@@ -395,16 +408,23 @@ def create_app(store_uri: str, token: str | None = None) -> FastAPI:
     ) -> StreamingResponse:
         """Every sample of the run (or one task) with its verdicts, streamed."""
         record = _record(store, run_id)
-        tasks = [_check_task_in(store, run_id, record, task)] if task else \
-            _tasks_of(store, run_id, record)
+        tasks = (
+            [_check_task_in(store, run_id, record, task)]
+            if task
+            else _tasks_of(store, run_id, record)
+        )
         batches = _queries.export_batches(store, run_id, tasks)
         name = f"{run_id}{'-' + task if task else ''}.{format}"
         headers = {"Content-Disposition": f'attachment; filename="{name}"'}
         if format == "parquet":
-            return StreamingResponse(_stream_parquet(batches), headers=headers,
-                                     media_type="application/vnd.apache.parquet")
-        return StreamingResponse(_stream_jsonl(batches), headers=headers,
-                                 media_type="application/x-ndjson")
+            return StreamingResponse(
+                _stream_parquet(batches),
+                headers=headers,
+                media_type="application/vnd.apache.parquet",
+            )
+        return StreamingResponse(
+            _stream_jsonl(batches), headers=headers, media_type="application/x-ndjson"
+        )
 
     @data.get("/compare")
     def compare(
@@ -422,8 +442,9 @@ def create_app(store_uri: str, token: str | None = None) -> FastAPI:
     @data.get("/metrics", response_class=PlainTextResponse)
     def metrics(store: StoreDep) -> PlainTextResponse:
         """Prometheus text: shards pending, scored, quarantined; scoring latency."""
-        return PlainTextResponse(_metrics_text(store),
-                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(
+            _metrics_text(store), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     app.include_router(data)
     return app
@@ -448,6 +469,11 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     Store(args.store)  # fail now, with a clear message, on a bad store URI
-    uvicorn.run(create_app(args.store, token=args.token), host=args.host, port=args.port,
-                log_level="info", server_header=False)
+    uvicorn.run(
+        create_app(args.store, token=args.token),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        server_header=False,
+    )
     return 0

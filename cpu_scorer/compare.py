@@ -46,8 +46,14 @@ def compare_runs(
     table_b = cache.samples(store, b, task)
     metric = "prompt_level_strict_acc" if _is_ifeval(table_a) else "acc"
     left, right = _verdicts(table_a), _verdicts(table_b)
-    counts = {"fixed": 0, "broken": 0, "both_pass": 0, "both_fail": 0,
-              "only_in_a": 0, "only_in_b": 0}
+    counts = {
+        "fixed": 0,
+        "broken": 0,
+        "both_pass": 0,
+        "both_fail": 0,
+        "only_in_a": 0,
+        "only_in_b": 0,
+    }
     flips = []
     for sample_id, row_a in left.items():
         row_b = right.get(sample_id)
@@ -60,14 +66,16 @@ def compare_runs(
             continue
         direction = "fixed" if pass_b else "broken"
         counts[direction] += 1
-        flips.append({
-            "sample_id": sample_id,
-            "direction": direction,
-            "a": pass_a,
-            "b": pass_b,
-            "prompt": row_a.get("prompt"),
-            "instructions_changed": _changed(row_a, row_b),
-        })
+        flips.append(
+            {
+                "sample_id": sample_id,
+                "direction": direction,
+                "a": pass_a,
+                "b": pass_b,
+                "prompt": row_a.get("prompt"),
+                "instructions_changed": _changed(row_a, row_b),
+            }
+        )
     counts["only_in_b"] = sum(1 for s in right if s not in left)
     return {"a": a, "b": b, "task": task, "metric": metric, "counts": counts, "flips": flips}
 

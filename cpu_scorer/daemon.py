@@ -119,8 +119,13 @@ class Daemon:
 
     # ---- main loop -------------------------------------------------------------------
     def run(self) -> Tally:
-        log.info("scorer %s watching %s (interval %.2fs, lease %.0fs)",
-                 self.owner, redact(self.store.uri), self.config.interval, self.config.lease)
+        log.info(
+            "scorer %s watching %s (interval %.2fs, lease %.0fs)",
+            self.owner,
+            redact(self.store.uri),
+            self.config.interval,
+            self.config.lease,
+        )
         while not self.stop.is_set():
             if time.monotonic() - self._last_sweep >= self.config.sweep_every:
                 self.sweep()
@@ -185,7 +190,8 @@ class Daemon:
             generated = self.store.list_shards(run_id, "generations", task)
             scored = {r.name for r in self.store.list_shards(run_id, "scores", task)}
             records = [
-                n for n in self.store.list_names(self.store.run_path(run_id, "quarantine", task))
+                n
+                for n in self.store.list_names(self.store.run_path(run_id, "quarantine", task))
                 if n.endswith(".error.json")
             ]
             quarantined = {n[: -len(".error.json")] for n in records}
@@ -264,8 +270,12 @@ class Daemon:
             return "failed"
         self.store.publish_table(self.store.shard_path("scores", ref), scores)
         self._retry.pop(ref, None)
-        log.info("scored %s (%d rows) in %.0f ms", source, scores.num_rows,
-                 (time.perf_counter() - started) * 1000)
+        log.info(
+            "scored %s (%d rows) in %.0f ms",
+            source,
+            scores.num_rows,
+            (time.perf_counter() - started) * 1000,
+        )
         return "scored"
 
     def _retry_later(self, ref: ShardRef, error: BaseException) -> bool:
@@ -275,8 +285,15 @@ class Daemon:
             return False
         delay = min(300.0, self.config.interval * 2**attempts)
         self._retry[ref] = (attempts, time.monotonic() + delay)
-        log.warning("%s/%s/%s failed (%s); attempt %d, retrying in %.1fs",
-                    ref.run_id, ref.task, ref.name, error, attempts, delay)
+        log.warning(
+            "%s/%s/%s failed (%s); attempt %d, retrying in %.1fs",
+            ref.run_id,
+            ref.task,
+            ref.name,
+            error,
+            attempts,
+            delay,
+        )
         return True
 
     def _quarantine(self, ref: ShardRef, error: BaseException) -> str:

@@ -39,9 +39,13 @@ def generate(
     from shared.spec import RunSpec
 
     fields = dict(
-        run_id=run_id, backend="fake", tasks=tasks, shard_size=shard_size,
+        run_id=run_id,
+        backend="fake",
+        tasks=tasks,
+        shard_size=shard_size,
         limit={t: n for t, n in (limit or {}).items() if t in tasks},
-        data_dir=str(DATA_DIR), chat_template=chat_template,
+        data_dir=str(DATA_DIR),
+        chat_template=chat_template,
     )
     if model:
         fields["model"] = model
@@ -62,7 +66,8 @@ def bad_shards(good: bytes) -> dict[str, bytes]:
         {**table.schema.metadata, b"tandem.schema_version": b"99"}
     )
     bad_rows = table.set_column(
-        table.schema.get_field_index("doc"), "doc",
+        table.schema.get_field_index("doc"),
+        "doc",
         pa.array(["{not json"] * table.num_rows, pa.string()),
     )
     return {
@@ -128,8 +133,9 @@ def child_env() -> dict[str, str]:
 
 def spawn(*args: str, log: Path | None = None) -> subprocess.Popen:
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed by the OS
-    return subprocess.Popen(tandem(*args), cwd=REPO, env=child_env(), stdout=out,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        tandem(*args), cwd=REPO, env=child_env(), stdout=out, stderr=subprocess.STDOUT
+    )
 
 
 def free_port() -> int:
@@ -138,8 +144,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0,
-              headers: dict[str, str] | None = None) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen, timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout

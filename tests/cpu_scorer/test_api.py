@@ -167,8 +167,9 @@ def test_path_traversal_is_refused(server: httpx.Client, scored_store: Path, pat
     (scored_store.parent / "secret" / "run.json").write_text('{"spec": "SECRET-XYZ"}')
     (scored_store.parent / "secret.txt").write_text("SECRET-XYZ")
     # Send the path byte for byte: no client-side normalization of ".." or escapes.
-    response = server.send(server.build_request("GET", httpx.URL(server.base_url.join("/"),
-                                                                   raw_path=path.encode())))
+    response = server.send(
+        server.build_request("GET", httpx.URL(server.base_url.join("/"), raw_path=path.encode()))
+    )
     assert response.status_code in (400, 404, 422), (path, response.status_code)
     assert "SECRET-XYZ" not in response.text
 
@@ -191,9 +192,15 @@ def test_no_cors_headers_by_default(server: httpx.Client) -> None:
 def test_a_token_is_required_when_set(server_factory, scored_store: Path) -> None:
     url = server_factory(scored_store, token="s3cret-token")
     with httpx.Client(base_url=url, timeout=10) as client:
-        for path in ("/runs", "/runs/run-a", "/runs/run-a/scores", "/metrics",
-                     "/runs/run-a/samples", "/compare?a=run-a&b=run-b&task=tinymmlu",
-                     "/runs/run-a/export"):
+        for path in (
+            "/runs",
+            "/runs/run-a",
+            "/runs/run-a/scores",
+            "/metrics",
+            "/runs/run-a/samples",
+            "/compare?a=run-a&b=run-b&task=tinymmlu",
+            "/runs/run-a/export",
+        ):
             assert client.get(path).status_code == 401, path
             wrong = client.get(path, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
@@ -215,9 +222,22 @@ def test_non_loopback_binding_needs_a_token(scored_store: Path) -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     # The CLI says so and exits 2 before binding anything.
     done = subprocess.run(
-        [sys.executable, "-m", "tandem", "serve", "--store", str(scored_store),
-         "--host", "0.0.0.0", "--port", "9"],
-        env={**child_env(), "TANDEM_TOKEN": ""}, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "tandem",
+            "serve",
+            "--store",
+            str(scored_store),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9",
+        ],
+        env={**child_env(), "TANDEM_TOKEN": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2 and "without a token" in done.stderr
 

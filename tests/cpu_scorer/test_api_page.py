@@ -20,11 +20,24 @@ pytestmark = pytest.mark.skipif(
 def render(url: str, profile: Path) -> str:
     """The DOM after the page's scripts ran (virtual time lets its fetches finish)."""
     done = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=15000",
-         "--dump-dom", url],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -64,9 +77,7 @@ def test_the_page_shows_runs_scores_chart_and_instruction_rates(
         assert f'<td class="num">{_fmt(rate)}</td>' in row[1]
 
 
-def test_the_page_works_behind_a_token(
-    server_factory, scored_store: Path, tmp_path: Path
-) -> None:
+def test_the_page_works_behind_a_token(server_factory, scored_store: Path, tmp_path: Path) -> None:
     url = server_factory(scored_store, token="page-token")
     dom = render(url + "/", tmp_path / "no-token")
     assert 'data-ready="error"' in dom and "401" in dom  # no token: nothing shown

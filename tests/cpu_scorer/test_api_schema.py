@@ -29,15 +29,22 @@ def _operations(store: Path, token: str | None) -> list:
 def test_no_server_errors_and_responses_as_documented(scored_store: Path, token) -> None:
     operations = _operations(scored_store, token)
     assert {op.path for op in operations} >= {
-        "/runs", "/runs/{run_id}", "/runs/{run_id}/scores", "/runs/{run_id}/samples",
-        "/runs/{run_id}/export", "/compare", "/healthz", "/metrics",
+        "/runs",
+        "/runs/{run_id}",
+        "/runs/{run_id}/scores",
+        "/runs/{run_id}/samples",
+        "/runs/{run_id}/export",
+        "/compare",
+        "/healthz",
+        "/metrics",
     }
     headers = {"Authorization": f"Bearer {token}"} if token else None
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=30, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         def check(case) -> None:
             case.call_and_validate(headers=headers)
 
@@ -46,8 +53,9 @@ def test_no_server_errors_and_responses_as_documented(scored_store: Path, token)
 
 def _checker(operation, run_id: str):
     @given(case=operation.as_strategy())
-    @settings(max_examples=10, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=10, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     def check(case) -> None:
         case.path_parameters = {"run_id": run_id}
         case.call_and_validate()

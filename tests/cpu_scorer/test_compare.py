@@ -19,9 +19,12 @@ from shared.store import Store
 @pytest.mark.parametrize("task", ["ifeval", "tinymmlu"])
 def test_cli_json_equals_the_api(scored_store: Path, task: str) -> None:
     done = subprocess.run(
-        tandem("compare", "run-a", "run-b", "--store", str(scored_store), "--task", task,
-               "--json"),
-        env=child_env(), capture_output=True, text=True, timeout=60, check=True,
+        tandem("compare", "run-a", "run-b", "--store", str(scored_store), "--task", task, "--json"),
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     with TestClient(create_app(str(scored_store))) as client:
         api = client.get("/compare", params={"a": "run-a", "b": "run-b", "task": task}).json()
@@ -47,7 +50,11 @@ def test_flips_are_per_prompt_with_the_instructions_that_changed(scored_store: P
 def test_text_output_lists_every_flip(scored_store: Path) -> None:
     done = subprocess.run(
         tandem("compare", "run-a", "run-b", "--store", str(scored_store)),
-        env=child_env(), capture_output=True, text=True, timeout=60, check=True,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     result = compare_runs(Store(str(scored_store)), "run-a", "run-b", "ifeval")
     lines = done.stdout.splitlines()
@@ -62,6 +69,11 @@ def test_unknown_or_unsafe_runs_are_refused(scored_store: Path) -> None:
         compare_runs(store, "run-a", "nope", "ifeval")
     with pytest.raises(TandemError, match="invalid run id"):
         compare_runs(store, "run-a", "../run-b", "ifeval")
-    done = subprocess.run(tandem("compare", "run-a", "nope", "--store", str(scored_store)),
-                          env=child_env(), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        tandem("compare", "run-a", "nope", "--store", str(scored_store)),
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "no run 'nope'" in done.stderr

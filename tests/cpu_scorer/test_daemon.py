@@ -169,10 +169,18 @@ def test_a_dead_local_holder_is_taken_over_at_once(tmp_path: Path, ref: ShardRef
     import sys
 
     store = Store(str(tmp_path))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    record = {"owner": "killed", "host": socket.gethostname(), "pid": int(dead.stdout),
-              "expires": time.time() + 3600}
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    record = {
+        "owner": "killed",
+        "host": socket.gethostname(),
+        "pid": int(dead.stdout),
+        "expires": time.time() + 3600,
+    }
     path = Leases(store, "x", 60).path(ref)
     store.publish_json(path, record)
     assert Leases(store, "fresh", 60).claim(ref)

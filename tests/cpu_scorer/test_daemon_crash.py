@@ -44,13 +44,21 @@ def _scored_lines(log: Path) -> int:
 
 
 def _pending(root: Path) -> set[str]:
-    generated = {p.relative_to(root).as_posix().replace("/generations/", "/")
-                 for p in root.glob("runs/*/generations/*/*.parquet")}
-    done = {p.relative_to(root).as_posix().replace("/scores/", "/")
-            for p in root.glob("runs/*/scores/*/*.parquet")}
-    done |= {p.relative_to(root).as_posix().replace("/quarantine/", "/")
-             .replace(".error.json", ".parquet")
-             for p in root.glob("runs/*/quarantine/*/*.error.json")}
+    generated = {
+        p.relative_to(root).as_posix().replace("/generations/", "/")
+        for p in root.glob("runs/*/generations/*/*.parquet")
+    }
+    done = {
+        p.relative_to(root).as_posix().replace("/scores/", "/")
+        for p in root.glob("runs/*/scores/*/*.parquet")
+    }
+    done |= {
+        p.relative_to(root)
+        .as_posix()
+        .replace("/quarantine/", "/")
+        .replace(".error.json", ".parquet")
+        for p in root.glob("runs/*/quarantine/*/*.error.json")
+    }
     return generated - done
 
 

@@ -36,11 +36,20 @@ def test_units_name_user_environment_restart(name: str, command: str) -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 def test_units_verify() -> None:
     done = subprocess.run(
-        ["systemd-analyze", "verify", str(DEPLOY / "tandem-scorer.service"),
-         str(DEPLOY / "tandem-serve.service")],
-        capture_output=True, text=True, timeout=60,
+        [
+            "systemd-analyze",
+            "verify",
+            str(DEPLOY / "tandem-scorer.service"),
+            str(DEPLOY / "tandem-serve.service"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     # The venv path does not exist on the test machine; anything else is a unit error.
-    problems = [line for line in (done.stdout + done.stderr).splitlines()
-                if line.strip() and "is not executable" not in line]
+    problems = [
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if line.strip() and "is not executable" not in line
+    ]
     assert not problems, problems

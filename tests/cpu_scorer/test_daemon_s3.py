@@ -23,9 +23,14 @@ def s3_uri():
     try:
         host, port = server.get_host_and_port()
         endpoint = f"{host}:{port}"
-        fs = pafs.S3FileSystem(access_key="test", secret_key="test", region="us-east-1",
-                               endpoint_override=endpoint, scheme="http",
-                               allow_bucket_creation=True)
+        fs = pafs.S3FileSystem(
+            access_key="test",
+            secret_key="test",
+            region="us-east-1",
+            endpoint_override=endpoint,
+            scheme="http",
+            allow_bucket_creation=True,
+        )
         fs.create_dir("evals")
         yield f"s3://test:test@evals/store?endpoint_override={endpoint}&scheme=http&region=us-east-1"
     finally:
@@ -34,8 +39,12 @@ def s3_uri():
 
 def _download(store: Store, local: Path) -> None:
     """Copy the store's run folders to a local directory (for a local reference)."""
-    pafs.copy_files(store.path("runs"), str(local / "runs"), source_filesystem=store.fs,
-                    destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(
+        store.path("runs"),
+        str(local / "runs"),
+        source_filesystem=store.fs,
+        destination_filesystem=pafs.LocalFileSystem(),
+    )
 
 
 def test_daemon_and_api_on_s3(s3_uri: str, tmp_path: Path) -> None:
@@ -63,8 +72,10 @@ def test_daemon_and_api_on_s3(s3_uri: str, tmp_path: Path) -> None:
     # The bad shard moved (copy + delete on S3) with its record; nothing lost.
     quarantine = local / "runs/s3run/quarantine/tinymmlu"
     assert (quarantine / "9000000-9000004.parquet").read_bytes() == b"definitely not parquet"
-    assert "not a parquet file" in json.loads(
-        (quarantine / "9000000-9000004.error.json").read_text())["error"]
+    assert (
+        "not a parquet file"
+        in json.loads((quarantine / "9000000-9000004.error.json").read_text())["error"]
+    )
     assert not (local / "runs/s3run/generations/tinymmlu/9000000-9000004.parquet").exists()
     assert not list(local.glob("runs/*/claims/*/*"))
     summary = json.loads((local / "runs/s3run/summary.json").read_text())
