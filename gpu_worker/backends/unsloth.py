@@ -1,0 +1,81 @@
+"""The unsloth backend: unsloth's fast loading, dynamic 4-bit and adapters, on NVIDIA.
+
+An unsloth model is a transformers model with patched kernels, so generation and
+log-likelihood are the hf backend's own code (same batching, same lm-eval token
+boundaries, same numbers to compare); only loading differs:
+
+- ``FastLanguageModel.from_pretrained`` with ``load_in_4bit`` for nf4 (unsloth's
+  dynamic 4-bit: the layers that quantize badly stay 16-bit) or ``load_in_8bit``;
+- the adapter goes on with peft after the base check (an unsloth-trained LoRA is a
+  peft LoRA), optionally merged;
+- ``FastLanguageModel.for_inference`` switches on its 2x faster decoding.
+
+unsloth runs only on NVIDIA GPUs; anywhere else choosing it fails before unsloth is
+imported (its import itself raises without a GPU), and nothing else is affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from gpu_worker.precision import detect_platform, refusal
+from shared.errors import TandemError
+from shared.spec import RunSpec
+
+log = logging.getLogger(__name__)
+INSTALL = "pip install 'tandem-eval[unsloth]'"
+
+
+def check_platform(spec: RunSpec) -> None:
+    """Refuse a machine without an NVIDIA GPU, before unsloth is imported."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() and spec.device != "cpu" else "cpu"
+    reason = refusal("unsloth", "bf16", detect_platform(device))
+    if reason:
+        raise TandemError(reason)
+
+
+def create(spec: RunSpec) -> Any:
+    check_platform(spec)
+    # unsloth patches transformers when it is imported, so it goes first. Logits are
+    # what log-likelihood needs; unsloth may skip them to save memory in training.
+    os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")
+    try:
+        from unsloth import FastLanguageModel
+    except ImportError as error:
+        raise TandemError(f"backend 'unsloth' needs unsloth: {INSTALL} ({error})") from error
+    from gpu_worker.backends.hf import HFBackend
+
+    class UnslothBackend(HFBackend):
+        name = "unsloth"
+
+        def _load_model(self, path: str) -> Any:
+            import torch
+
+            from gpu_worker.adapters import check_adapter
+
+            if self.spec.adapter:
+                from transformers import AutoConfig
+
+                base = AutoConfig.from_pretrained(path, revision=self.spec.revision)
+                check_adapter(self.spec.adapter, self.spec.model, path, base)
+            dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+            compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            options: dict[str, Any] = {
+                "model_name": path,
+                "max_seq_length": 4096,
+                "dtype": dtypes.get(self.precision, compute),
+                "load_in_4bit": self.precision == "nf4",
+                "load_in_8bit": self.precision == "int8",
+            }
+            options.update(self.spec.engine_kwargs)  # e.g. max_seq_length, token
+            model, _ = FastLanguageModel.from_pretrained(**options)
+            if self.spec.adapter:
+                model = self._attach_adapter(model)
+            FastLanguageModel.for_inference(model)
+            return model
+
+    return UnslothBackend(spec)
