@@ -7,9 +7,18 @@ from typing import Any, TextIO
 
 # The headline metrics per kind of task, in display order.
 HEADLINE = (
-    "prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
-    "inst_level_loose_acc", "acc", "acc_norm", "irt", "pirt", "gpirt",
-    "word_perplexity", "token_perplexity", "bits_per_byte",
+    "prompt_level_strict_acc",
+    "inst_level_strict_acc",
+    "prompt_level_loose_acc",
+    "inst_level_loose_acc",
+    "acc",
+    "acc_norm",
+    "irt",
+    "pirt",
+    "gpirt",
+    "word_perplexity",
+    "token_perplexity",
+    "bits_per_byte",
 )
 
 
@@ -21,7 +30,8 @@ def _fmt(value: Any) -> str:
 
 def print_summary(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
     lines = [f"== {summary['run_id']}  ({summary.get('model')}, {summary.get('precision')})"]
-    header = f"{'task':<12} {'metric':<26} {'value':>9} {'± stderr':>9} {'n':>6} {'tokens/s':>9}"  # samples/s for log-prob tasks
+    # The last column is tokens/s for generation tasks, samples/s for log-prob tasks.
+    header = f"{'task':<12} {'metric':<26} {'value':>9} {'± stderr':>9} {'n':>6} {'tokens/s':>9}"
     lines.append(header)
     lines.append("-" * len(header))
     for task, entry in summary["tasks"].items():
@@ -35,11 +45,14 @@ def print_summary(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
             rate_text = ""
         shown = [m for m in HEADLINE if metrics.get(m) is not None]
         if not shown:
-            lines.append(f"{task:<12} {'(no scores yet)':<26} {'':>9} {'':>9} {entry['samples_scored']:>6}")
+            lines.append(
+                f"{task:<12} {'(no scores yet)':<26} {'':>9} {'':>9} {entry['samples_scored']:>6}"
+            )
         for i, name in enumerate(shown):
+            stderr = metrics.get(name + "_stderr")
             lines.append(
                 f"{task if i == 0 else '':<12} {name:<26} {_fmt(metrics[name]):>9} "
-                f"{_fmt(metrics.get(name + '_stderr')) if metrics.get(name + '_stderr') is not None else '':>9} "
+                f"{_fmt(stderr) if stderr is not None else '':>9} "
                 f"{entry['samples_scored'] if i == 0 else '':>6} "
                 f"{rate_text if i == 0 else '':>9}"
             )

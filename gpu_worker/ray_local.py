@@ -66,13 +66,21 @@ def local_ray_head(num_cpus: int | None = None, timeout: float = 90.0) -> Iterat
     temp_dir = tempfile.mkdtemp(prefix="tandem-ray-", dir="/tmp")
     port, dashboard_port = free_port(), free_port()
     command = [
-        ray_bin(), "start", "--head", "--block",
-        f"--node-ip-address={LOOPBACK}", f"--port={port}",
-        f"--dashboard-host={LOOPBACK}", f"--dashboard-port={dashboard_port}",
-        "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        ray_bin(),
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={LOOPBACK}",
+        f"--port={port}",
+        f"--dashboard-host={LOOPBACK}",
+        f"--dashboard-port={dashboard_port}",
+        "--include-dashboard=true",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
         f"--ray-client-server-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}",
-        f"--min-worker-port={20000}", f"--max-worker-port={29999}",
+        f"--min-worker-port={20000}",
+        f"--max-worker-port={29999}",
     ]
     if num_cpus:
         command.append(f"--num-cpus={num_cpus}")
@@ -95,7 +103,9 @@ def _wait_ready(head: RayHead, process: subprocess.Popen, timeout: float, log_pa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise TandemError(f"ray head exited early:\n{log_path.read_text(errors='replace')[-3000:]}")
+            raise TandemError(
+                f"ray head exited early:\n{log_path.read_text(errors='replace')[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2) as reply:
                 if reply.status == 200:

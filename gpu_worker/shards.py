@@ -69,7 +69,9 @@ def run_shard(
     store.publish_table(store.shard_path("generations", ref), table)
     stats: dict[str, Any] = {"task": ref.task, "shard": ref.name, "samples": len(samples)}
     if "generated_tokens" in table.column_names:
-        stats["generated_tokens"] = sum(v or 0 for v in table.column("generated_tokens").to_pylist())
+        stats["generated_tokens"] = sum(
+            v or 0 for v in table.column("generated_tokens").to_pylist()
+        )
     return stats
 
 
@@ -85,7 +87,7 @@ def _generate_rows(
     requests = [GenerationRequest(text, params.max_new_tokens, params.stop) for text in rendered]
     results = backend.generate(requests)
     rows = []
-    for sample, text, result in zip(samples, rendered, results):
+    for sample, text, result in zip(samples, rendered, results, strict=True):
         rows.append(
             {
                 **_base(ref, sample),
@@ -121,15 +123,15 @@ def _choice_rows(
             )
         contexts = tuple(backend.render(c, chat) for c in contexts)
         rendered.append(contexts[0] if not sample.contexts else "")
-        for context, choice in zip(contexts, sample.choices):
+        for context, choice in zip(contexts, sample.choices, strict=True):
             requests.append(LoglikelihoodRequest(context, choice))
             owners.append(index)
     results = backend.loglikelihood(requests)
     per_sample: list[list[Any]] = [[] for _ in samples]
-    for owner, result in zip(owners, results):
+    for owner, result in zip(owners, results, strict=True):
         per_sample[owner].append(result)
     rows = []
-    for sample, text, outcome in zip(samples, rendered, per_sample):
+    for sample, text, outcome in zip(samples, rendered, per_sample, strict=True):
         errors = [r.error for r in outcome if r.error]
         rows.append(
             {
@@ -152,9 +154,7 @@ def _choice_rows(
 
 
 def _rolling_rows(backend: Backend, ref: ShardRef, samples: list[Sample]) -> list[dict[str, Any]]:
-    requests = [
-        RollingRequest(s.prompt, s.doc.get("window"), s.doc.get("stride")) for s in samples
-    ]
+    requests = [RollingRequest(s.prompt, s.doc.get("window"), s.doc.get("stride")) for s in samples]
     results = backend.loglikelihood_rolling(requests)
     return [
         {
@@ -168,5 +168,5 @@ def _rolling_rows(backend: Backend, ref: ShardRef, samples: list[Sample]) -> lis
             "doc": doc_json(sample.doc),
             "error": result.error,
         }
-        for sample, result in zip(samples, results)
+        for sample, result in zip(samples, results, strict=True)
     ]

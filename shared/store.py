@@ -266,9 +266,7 @@ class Store:
                 refs.append(ShardRef(run_id, task, int(match[1]), int(match[2])))
         return sorted(refs)
 
-    def missing_shards(
-        self, run_id: str, task: str, total: int, shard_size: int
-    ) -> list[ShardRef]:
+    def missing_shards(self, run_id: str, task: str, total: int, shard_size: int) -> list[ShardRef]:
         """Shards of [0, total) not yet published under generations/."""
         done = {(r.start, r.end) for r in self.list_shards(run_id, "generations", task)}
         return [

@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Callable
 
-
 from shared.errors import TandemError
 
 DEFAULT_STORE = os.environ.get("TANDEM_STORE", "./store")
@@ -48,7 +47,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
         store, args.run, SummaryOptions(irt_params=args.irt_params), progress=not args.quiet
     )
     for run_id, tally in counts.items():
-        print(f"run {run_id}: scored {tally['scored']} shard(s), quarantined {tally['quarantined']}")
+        print(
+            f"run {run_id}: scored {tally['scored']} shard(s), quarantined {tally['quarantined']}"
+        )
         print_summary(store.read_json(store.run_path(run_id, "summary.json")))
     if not counts:
         print(f"no runs in {store.uri}")
@@ -115,18 +116,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tandem", description="Two-tier LLM evaluation: GPU workers generate, CPU scorers judge."
+        prog="tandem",
+        description="Two-tier LLM evaluation: GPU workers generate, CPU scorers judge.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(handler=handler)
         return sub
 
     def store_arg(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
-            "--store", default=DEFAULT_STORE,
+            "--store",
+            default=DEFAULT_STORE,
             help="run store: a local path or a pyarrow.fs URI such as s3://bucket/evals "
             "(default: $TANDEM_STORE or ./store)",
         )
@@ -135,8 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("spec", help="run spec (TOML or YAML)")
     store_arg(gen)
     gen.add_argument("--local", action="store_true", help="run in this process, without Ray")
-    gen.add_argument("--workers", type=int, help="number of Ray actors (default: one per GPU, or 1 on CPU)")
-    gen.add_argument("--data-dir", help="local task data (e.g. ../shared/data); default: the spec's, else the HF hub")
+    gen.add_argument(
+        "--workers", type=int, help="number of Ray actors (default: one per GPU, or 1 on CPU)"
+    )
+    gen.add_argument(
+        "--data-dir",
+        help="local task data (e.g. ../shared/data); default: the spec's, else the HF hub",
+    )
     gen.add_argument("--run-id", help="override the spec's run_id")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -150,10 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(runs)
     runs.add_argument("--json", action="store_true", help="print run ids as JSON")
 
-    ifeval = command("ifeval", _cmd_ifeval, "Score IFEval responses from any system (Google's JSONL format).")
+    ifeval = command(
+        "ifeval", _cmd_ifeval, "Score IFEval responses from any system (Google's JSONL format)."
+    )
     _add_ifeval(ifeval)
 
-    scorer = command("scorer", _cmd_scorer, "Run the scorer daemon: watch a store, score new shards.")
+    scorer = command(
+        "scorer", _cmd_scorer, "Run the scorer daemon: watch a store, score new shards."
+    )
     store_arg(scorer)
     scorer.add_argument("--interval", type=float, default=1.0, help="poll interval in seconds")
     scorer.add_argument("--lease", type=float, default=300.0, help="claim lease in seconds")
@@ -164,8 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--token", default=os.environ.get("TANDEM_TOKEN"),
-                       help="bearer token (required when binding to a non-loopback address)")
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("TANDEM_TOKEN"),
+        help="bearer token (required when binding to a non-loopback address)",
+    )
 
     compare = command("compare", _cmd_compare, "Show which prompts flipped between two runs.")
     compare.add_argument("a")
@@ -174,9 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--task", default="ifeval")
     compare.add_argument("--json", action="store_true")
 
-    demo = command("demo", _cmd_demo, "End-to-end demo on the embedded model through a local Ray head.")
+    demo = command(
+        "demo", _cmd_demo, "End-to-end demo on the embedded model through a local Ray head."
+    )
     demo.add_argument("--store", default="./demo-store", help="store for the demo run")
-    demo.add_argument("--data-dir", default=None, help="task data (default: ../shared/data beside the checkout)")
+    demo.add_argument(
+        "--data-dir", default=None, help="task data (default: ../shared/data beside the checkout)"
+    )
     demo.add_argument("--no-ray", action="store_true", help="skip Ray; run generation in-process")
     return parser
 
@@ -192,5 +213,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tandem: interrupted", file=sys.stderr)
         return 130
-
-

@@ -34,11 +34,15 @@ def default_data_dir() -> Path:
 
 
 def check_data(data_dir: Path) -> None:
-    needed = [data_dir / "ifeval" / "input_data.jsonl", data_dir / "tinymmlu" / "tinyMMLU_test.jsonl"]
+    needed = [
+        data_dir / "ifeval" / "input_data.jsonl",
+        data_dir / "tinymmlu" / "tinyMMLU_test.jsonl",
+    ]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise TandemError(
-            "the demo needs the IFEval and tinyMMLU files: missing " + ", ".join(missing)
+            "the demo needs the IFEval and tinyMMLU files: missing "
+            + ", ".join(missing)
             + ". Pass --data-dir pointing at a folder with ifeval/input_data.jsonl and "
             "tinymmlu/tinyMMLU_test.jsonl (the layout of ../shared/data)"
         )
@@ -54,7 +58,13 @@ def run(args: argparse.Namespace) -> int:
     spec_path.write_text(DEMO_SPEC.format(ifeval=24, tinymmlu=100, max_new_tokens=256))
     tandem_bin = str(Path(sys.executable).with_name("tandem"))
     entrypoint = [
-        tandem_bin, "generate", str(spec_path), "--store", str(store), "--data-dir", str(data_dir),
+        tandem_bin,
+        "generate",
+        str(spec_path),
+        "--store",
+        str(store),
+        "--data-dir",
+        str(data_dir),
     ]
     if args.no_ray:
         import subprocess
@@ -65,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
 
         print("demo: starting a Ray head on 127.0.0.1 ...", file=sys.stderr)
         with local_ray_head(num_cpus=None) as head:
-            print(f"demo: ray job submit --address {head.dashboard_url} -- tandem generate ...", file=sys.stderr)
+            print(
+                f"demo: ray job submit --address {head.dashboard_url} -- tandem generate ...",
+                file=sys.stderr,
+            )
             code = submit_job(head, entrypoint)
         print("demo: Ray stopped", file=sys.stderr)
     if code != 0:

@@ -24,7 +24,9 @@ def test_importing_the_scorer_never_loads_torch():
         f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "print(','.join(loaded))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"cpu_scorer loaded {result.stdout.strip()}"
 
@@ -41,7 +43,14 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_shared_imports_only_stdlib_pyarrow_pydantic():
-    allowed = set(sys.stdlib_module_names) | {"pyarrow", "pydantic", "shared", "yaml", "tomli", "datasets"}
+    allowed = set(sys.stdlib_module_names) | {
+        "pyarrow",
+        "pydantic",
+        "shared",
+        "yaml",
+        "tomli",
+        "datasets",
+    }
     for path in (REPO / "shared").rglob("*.py"):
         extra = _imports(path) - allowed
         assert not extra, f"{path.relative_to(REPO)} imports {extra}"
@@ -64,4 +73,6 @@ def test_heavy_libraries_only_in_backends():
                 top_level |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 top_level.add(node.module.split(".")[0])
-        assert not top_level & set(HEAVY), f"{path.relative_to(REPO)} imports {top_level & set(HEAVY)} at import time"
+        assert not top_level & set(HEAVY), (
+            f"{path.relative_to(REPO)} imports {top_level & set(HEAVY)} at import time"
+        )

@@ -35,10 +35,13 @@ def test_ray_job_submit_generates_and_the_scorer_scores(tmp_path, data_dir, ray_
 
     store = Store(store_dir)
     assert [r.name for r in store.list_shards("e2e-ray", "generations", "ifeval")] == [
-        "0000000-0000002", "0000002-0000003",
+        "0000000-0000002",
+        "0000002-0000003",
     ]
     assert len(store.list_shards("e2e-ray", "generations", "tinymmlu")) == 2
-    rows = store.read_table(store.shard_path("generations", store.list_shards("e2e-ray", "generations", "ifeval")[0])).to_pylist()
+    rows = store.read_table(
+        store.shard_path("generations", store.list_shards("e2e-ray", "generations", "ifeval")[0])
+    ).to_pylist()
     assert all(r["response"] and r["generated_tokens"] > 0 for r in rows)
     assert all(r["rendered_prompt"].startswith("<|im_start|>") for r in rows)
 

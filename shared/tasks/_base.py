@@ -23,9 +23,9 @@ class Sample:
     (rolling). ``choices`` are the continuations exactly as scored, leading space
     included. ``contexts``, when set, gives one context per choice instead of the
     shared ``prompt`` (WinoGrande's partial evaluation: the option is in the context,
-    the continuation after the blank is shared). ``doc`` holds whatever the scorer needs later (instruction kwargs,
-    choice texts for acc_norm); it is written into every generation row as JSON, so a
-    shard can be scored without the original data.
+    the continuation after the blank is shared). ``doc`` holds whatever the scorer
+    needs later (instruction kwargs, choice texts for acc_norm); it is written into
+    every generation row as JSON, so a shard can be scored without the original data.
     """
 
     sample_id: str

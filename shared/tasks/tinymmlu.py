@@ -27,9 +27,7 @@ def _load(data_dir: Path | None) -> list[Sample]:
         numbered = list(read_jsonl(source))
     samples = []
     for doc_id, (number, row) in enumerate(numbered):
-        require_fields(
-            source, number, row, {"input_formatted": str, "answer": int, "subject": str}
-        )
+        require_fields(source, number, row, {"input_formatted": str, "answer": int, "subject": str})
         if not 0 <= row["answer"] < len(LETTERS):
             raise TandemError(f"{source}:{number}: answer must be 0-3, got {row['answer']}")
         samples.append(

@@ -21,7 +21,7 @@ def test_batched_greedy_equals_one_at_a_time(embedded_backend):
     batched = embedded_backend.generate(requests)
     assert len(batched) == len(requests)
     assert {r.batch_size for r in batched} == {len(requests)}  # really one padded batch
-    for request, together in zip(requests, batched):
+    for request, together in zip(requests, batched, strict=True):
         alone = embedded_backend.generate([request])[0]
         assert together.text == alone.text
         assert together.generated_tokens == alone.generated_tokens
@@ -55,7 +55,7 @@ def test_loglikelihood_equals_a_direct_forward(embedded_backend):
     context = "Question: Which planet is known as the red planet?\nAnswer:"
     continuations = [" Mars", " Venus", " the planet Jupiter", " A"]
     batched = backend.loglikelihood([LoglikelihoodRequest(context, c) for c in continuations])
-    for continuation, result in zip(continuations, batched):
+    for continuation, result in zip(continuations, batched, strict=True):
         alone = backend.loglikelihood([LoglikelihoodRequest(context, continuation)])[0]
         assert abs(alone.logprob - result.logprob) < 1e-5
         assert alone.is_greedy == result.is_greedy

@@ -13,8 +13,12 @@ from shared.tasks import TASKS
 
 def fake_spec(data_dir, **overrides) -> RunSpec:
     values = dict(
-        run_id="fake-run", backend="fake", tasks=("ifeval", "tinymmlu"),
-        limit={"ifeval": 10, "tinymmlu": 6}, shard_size=4, data_dir=str(data_dir),
+        run_id="fake-run",
+        backend="fake",
+        tasks=("ifeval", "tinymmlu"),
+        limit={"ifeval": 10, "tinymmlu": 6},
+        shard_size=4,
+        data_dir=str(data_dir),
     )
     values.update(overrides)
     return RunSpec(**values)
@@ -23,7 +27,9 @@ def fake_spec(data_dir, **overrides) -> RunSpec:
 def all_sample_ids(store: Store, run_id: str, task: str) -> list[str]:
     ids = []
     for ref in store.list_shards(run_id, "generations", task):
-        ids += store.read_table(store.shard_path("generations", ref)).column("sample_id").to_pylist()
+        ids += (
+            store.read_table(store.shard_path("generations", ref)).column("sample_id").to_pylist()
+        )
     return ids
 
 
@@ -49,8 +55,11 @@ def test_rerun_regenerates_only_the_deleted_shard(tmp_path, data_dir):
     shards = store.list_shards("fake-run", "generations", "ifeval")
     victim = shards[1]
     untouched = {
-        r.name: (tmp_path / "runs/fake-run/generations/ifeval" / f"{r.name}.parquet").stat().st_mtime_ns
-        for r in shards if r != victim
+        r.name: (tmp_path / "runs/fake-run/generations/ifeval" / f"{r.name}.parquet")
+        .stat()
+        .st_mtime_ns
+        for r in shards
+        if r != victim
     }
     (tmp_path / "runs/fake-run/generations/ifeval" / f"{victim.name}.parquet").unlink()
 

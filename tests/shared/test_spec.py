@@ -93,4 +93,6 @@ def test_spec_hash_ignores_run_id_but_not_settings():
     b = RunSpec(tasks=("ifeval",), run_id="b")
     c = RunSpec(tasks=("ifeval",), precision="bf16")
     assert a.spec_hash() == b.spec_hash() != c.spec_hash()
-    assert RunSpec(tasks=("ifeval",)).resolved_run_id() == RunSpec(tasks=("ifeval",)).resolved_run_id()
+    assert (
+        RunSpec(tasks=("ifeval",)).resolved_run_id() == RunSpec(tasks=("ifeval",)).resolved_run_id()
+    )

@@ -15,17 +15,33 @@ from shared.store import ShardRef, Store, shard_ranges
 def generation_rows(run_id: str, task: str, ids: list[str]) -> list[dict]:
     return [
         {
-            "run_id": run_id, "task": task, "sample_id": i, "prompt": f"p{i}",
-            "rendered_prompt": f"<p{i}>", "response": "r", "prompt_tokens": 3,
-            "generated_tokens": 1, "finish_reason": "eos", "truncated_tokens": 0,
-            "batch_seconds": 0.5, "batch_size": 2, "doc": "{}", "error": None,
+            "run_id": run_id,
+            "task": task,
+            "sample_id": i,
+            "prompt": f"p{i}",
+            "rendered_prompt": f"<p{i}>",
+            "response": "r",
+            "prompt_tokens": 3,
+            "generated_tokens": 1,
+            "finish_reason": "eos",
+            "truncated_tokens": 0,
+            "batch_seconds": 0.5,
+            "batch_size": 2,
+            "doc": "{}",
+            "error": None,
         }
         for i in ids
     ]
 
 
-PROV = {"config_hash": "abc", "git_sha": "deadbeef", "backend": "fake", "model_id": "m",
-        "model_revision": "", "created_at": "2026-01-01T00:00:00Z"}
+PROV = {
+    "config_hash": "abc",
+    "git_sha": "deadbeef",
+    "backend": "fake",
+    "model_id": "m",
+    "model_revision": "",
+    "created_at": "2026-01-01T00:00:00Z",
+}
 
 
 def test_shard_ranges_are_deterministic():
@@ -83,17 +99,16 @@ def test_crash_between_write_and_rename_leaves_nothing_visible(tmp_path):
         import os
         from shared.store import Store
         os.replace = lambda *a: os._exit(9)   # die exactly between write+fsync and rename
-        Store({str(tmp_path)!r}).publish_bytes(
-            Store({str(tmp_path)!r}).path("runs", "r1", "generations", "ifeval", "0000000-0000002.parquet"),
-            b"x" * 1000,
-        )
+        store = Store({str(tmp_path)!r})
+        name = "0000000-0000002.parquet"
+        store.publish_bytes(store.path("runs", "r1", "generations", "ifeval", name), b"x" * 1000)
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert result.returncode == 9
     store = Store(tmp_path)
     folder = store.path("runs", "r1", "generations", "ifeval")
-    assert store.list_names(folder) == []          # readers see nothing
+    assert store.list_names(folder) == []  # readers see nothing
     assert store.list_shards("r1", "generations", "ifeval") == []
     leftovers = list((tmp_path / "runs/r1/generations/ifeval").iterdir())
     assert leftovers and all(p.name.startswith(".") for p in leftovers)  # only a hidden temp
