@@ -85,10 +85,8 @@ def _decided_by_bound(most: int, relation: str, threshold: int) -> bool | None:
 
 
 def number_sentences(text: str, args: a.SentencesArgs) -> bool:
-    # Punkt breaks a sentence only after ".", "?" or "!", so a text has at most one more
-    # sentence than it has of those. Where that bound decides, the tokenizer is not run.
-    most = 1 + text.count(".") + text.count("?") + text.count("!")
-    decided = _decided_by_bound(most, args.relation, args.num_sentences)
+    # Where an upper bound of the count decides, Punkt's tokenizer is not run.
+    decided = _decided_by_bound(_text.most_sentences(text), args.relation, args.num_sentences)
     if decided is not None:
         return decided
     return _holds(_text.count_sentences(text), args.relation, args.num_sentences)

@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from cpu_scorer.ifeval import _evaluate, _langdetect, _text
@@ -69,13 +70,15 @@ def judge_all(
     # This process judges the first share while workers judge the others: one process
     # fewer holding the models. fork shares the loaded models and starts in
     # milliseconds; it is only safe while this process has no other threads.
+    # (concurrent.futures rather than multiprocessing.Pool: a worker that dies is an
+    # error here, where Pool would replace it and wait for its result forever.)
     context = multiprocessing.get_context("fork" if _can_fork() else "spawn")
-    with context.Pool(len(shares) - 1, initializer=_load_models) as pool:
-        pending = [pool.apply_async(_evaluate.judge, (b,)) for s in shares[1:] for b in s]
+    with ProcessPoolExecutor(len(shares) - 1, context, initializer=_load_models) as pool:
+        pending = [pool.submit(_evaluate.judge, batch) for s in shares[1:] for batch in s]
         # Only now: a progress bar may start a thread, and the workers exist.
         verdicts = _judge_batches(shares[0], progress)
-        for result in pending:
-            done = result.get()
+        for future in pending:
+            done = future.result()
             verdicts.extend(done)
             if progress:
                 progress(len(done))

@@ -58,13 +58,14 @@ def _import_nltk() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _tokenizers() -> tuple[Any, Any, Any]:
-    """(Punkt English sentence tokenizer, nltk word tokenizer, \\w+ tokenizer)."""
+def _tokenizers() -> tuple[Any, Any, Any, Any]:
+    """(Punkt English sentence tokenizer, nltk word tokenizer, \\w+ tokenizer, Punkt's
+    pattern of places a sentence may end)."""
     _import_nltk()
     import punkt.data.english as english
     from nltk.tokenize import RegexpTokenizer
     from nltk.tokenize.destructive import NLTKWordTokenizer
-    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+    from nltk.tokenize.punkt import PunktLanguageVars, PunktParameters, PunktSentenceTokenizer
 
     # The same containers nltk's punkt_tab loader (load_punkt_params) builds from the files.
     params = PunktParameters()
@@ -73,7 +74,9 @@ def _tokenizers() -> tuple[Any, Any, Any]:
     params.sent_starters = set(english.SENT_STARTERS)
     params.ortho_context = defaultdict(int, english.ORTHO_CONTEXT)
     # nltk.word_tokenize uses a module-level NLTKWordTokenizer() on each sentence.
-    return PunktSentenceTokenizer(params), NLTKWordTokenizer(), RegexpTokenizer(r"\w+")
+    sentence = PunktSentenceTokenizer(params)
+    words = NLTKWordTokenizer()
+    return sentence, words, RegexpTokenizer(r"\w+"), PunktLanguageVars().period_context_re()
 
 
 def load() -> None:
@@ -90,6 +93,16 @@ def sentences(text: str) -> tuple[str, ...]:
 def count_sentences(text: str) -> int:
     """The reference's ``instructions_util.count_sentences``."""
     return len(sentences(text))
+
+
+def most_sentences(text: str) -> int:
+    """An upper bound of :func:`count_sentences`, much cheaper to take.
+
+    Punkt only considers a break where its period-context pattern matches (".", "?" or
+    "!" followed by punctuation or by a space and a token), at most one break per match,
+    so a text has at most one sentence more than it has matches.
+    """
+    return 1 + sum(1 for _ in _tokenizers()[3].finditer(text))
 
 
 @functools.lru_cache(maxsize=_COUNT_CACHE)
