@@ -56,9 +56,13 @@ def parse_args(instruction_id: str, kwargs: Mapping[str, Any]) -> tuple[Instruct
     for many responses, and arguments are immutable.
     """
     try:
+        # The type is part of the key: True == 1 and 3.0 == 3, but only some are valid.
         key = (
             instruction_id,
-            *sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()),
+            *sorted(
+                (k, type(v).__name__, tuple(v) if isinstance(v, list) else v)
+                for k, v in kwargs.items()
+            ),
         )
         found = _parsed.get(key)
     except (AttributeError, TypeError):  # not a mapping, or unhashable values: no reuse
@@ -110,7 +114,10 @@ def prepare(response: str, instruction_id_list: Sequence[str], kwargs: Sequence[
     """Validate one item's instructions; TandemError names the instruction and field."""
     if not isinstance(response, str):
         raise TandemError(f"response must be a string, got {type(response).__name__}")
-    if isinstance(instruction_id_list, str) or len(instruction_id_list) != len(kwargs):
+    for name, value in (("instruction_id_list", instruction_id_list), ("kwargs", kwargs)):
+        if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__len__"):
+            raise TandemError(f"{name} must be a list, got {type(value).__name__}")
+    if len(instruction_id_list) != len(kwargs):
         raise TandemError(
             f"instruction_id_list and kwargs must be lists of the same length, got "
             f"{len(instruction_id_list)} ids and {len(kwargs)} kwargs"

@@ -58,7 +58,6 @@ _LATIN = re.compile("[A-z]")  # langdetect counts 'A' <= ch <= 'z', brackets inc
 # block number with a block name, so every character from U+0300 up counts.
 _NON_LATIN = re.compile("[\u0300-\U0010ffff]")
 _WORD = re.compile("[^ ]+ ?")
-_AHEAD = 128  # random draws made ahead per text and trial
 _ALONE = 4  # texts left in a batch that finish one by one
 _HORIZON = 1024  # stream outputs whose acceptance is computed up front, per text
 
@@ -86,7 +85,7 @@ class _Normalizer(dict):
 _lock = threading.Lock()
 _normalizer = _Normalizer()
 _word_rows: dict[str, tuple[int, ...]] = {}
-_WORD_CACHE_LIMIT = 200_000
+_WORD_CACHE_LIMIT = 50_000  # words; a few MB
 
 
 @functools.lru_cache(maxsize=1)
@@ -485,20 +484,27 @@ def _walk_alone(
         prob[:] = 1.0 / len(prob)
 
 
+# Answers by text, so a batch can detect first and its checkers then look up. Bounded by
+# the characters it keeps alive.
 _memo: dict[str, str | None] = {}
-_MEMO_LIMIT = 4096
+_memo_chars = 0
+_MEMO_CHARS = 8_000_000
 
 
 def detect_many(texts: list[str]) -> list[str | None]:
     """langdetect's answer for each text: a language code, "unknown", or None where
     langdetect raises LangDetectException ("No features in text")."""
+    global _memo_chars
     todo = [t for t in dict.fromkeys(texts) if t not in _memo]
     if todo:
         found = _detect_uncached(todo)
         with _lock:
-            if len(_memo) + len(todo) > _MEMO_LIMIT:
+            size = sum(map(len, todo))
+            if _memo_chars + size > _MEMO_CHARS:
                 _memo.clear()
+                _memo_chars = 0
             _memo.update(zip(todo, found, strict=True))
+            _memo_chars += size
     return [_memo[t] if t in _memo else _detect_uncached([t])[0] for t in texts]
 
 

@@ -62,11 +62,11 @@ def judge_all(
     workers = 1 if len(tasks) < PARALLEL_MIN else (workers or cpu_count())
     # One contiguous share per process. A share is judged in as few batches as memory
     # allows: every batch pays for the few slowest texts of its language detection.
-    share = -(-len(tasks) // workers)
+    share = max(1, -(-len(tasks) // workers))
     shares = [_batches(tasks[i : i + share]) for i in range(0, len(tasks), share)]
-    _load_models()
-    if len(shares) == 1:
-        return _judge_batches(shares[0], progress)
+    if len(shares) <= 1:  # models load on first use, if at all
+        return _judge_batches(shares[0] if shares else [], progress)
+    _load_models()  # before forking, so that the workers share them
     # This process judges the first share while workers judge the others: one process
     # fewer holding the models. fork shares the loaded models and starts in
     # milliseconds; it is only safe while this process has no other threads.

@@ -130,6 +130,18 @@ def test_none_means_absent_as_in_the_hugging_face_copy() -> None:
     assert verdict.strict == (True,)
 
 
+def test_a_boolean_is_not_a_count_even_after_a_one() -> None:
+    evaluate("p", "x", ["detectable_format:number_bullet_lists"], [{"num_bullets": 1}])
+    with pytest.raises(TandemError, match="not a boolean"):
+        evaluate("p", "x", ["detectable_format:number_bullet_lists"], [{"num_bullets": True}])
+
+
+@pytest.mark.parametrize(("ids", "kwargs"), [("punctuation:no_comma", [{}]), (["x"], None)])
+def test_ids_and_kwargs_must_be_lists(ids, kwargs) -> None:
+    with pytest.raises(TandemError, match="must be a list"):
+        evaluate("p", "text", ids, kwargs)
+
+
 def test_whole_floats_are_counts() -> None:
     _, args = parse_args("detectable_format:number_bullet_lists", {"num_bullets": 3.0})
     assert args.num_bullets == 3 and isinstance(args.num_bullets, int)
@@ -167,6 +179,10 @@ def test_evaluate_many_names_the_bad_item() -> None:
     ]
     with pytest.raises(TandemError, match=r"^item 1: .*did you mean 'punctuation:no_comma'"):
         evaluate_many(items)
+
+
+def test_nothing_to_judge() -> None:
+    assert evaluate_many([]) == []
 
 
 def test_aggregate_pools_instructions_over_prompts() -> None:
