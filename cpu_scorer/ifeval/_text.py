@@ -95,6 +95,7 @@ def count_sentences(text: str) -> int:
     return len(sentences(text))
 
 
+@functools.lru_cache(maxsize=_COUNT_CACHE)
 def most_sentences(text: str) -> int:
     """An upper bound of :func:`count_sentences`, much cheaper to take.
 
