@@ -41,8 +41,9 @@ def _import_nltk() -> None:
     That is ~65 MB resident per process, in every scoring worker, to tokenize text. nltk
     treats scipy as optional (each of those imports sits in ``try/except ImportError``),
     so for the duration of this one import we answer "not installed". Afterwards scipy
-    imports normally for everyone else; only those nltk features stay unavailable in this
-    process. If scipy is already loaded, nothing is blocked: it costs nothing more.
+    imports normally for everyone else (a thread importing it during that moment would
+    get the same answer); only those nltk features stay unavailable in this process. If
+    scipy is already loaded, nothing is blocked: it costs nothing more.
     """
     with _import_lock:
         if "nltk" in sys.modules or "scipy" in sys.modules:

