@@ -58,7 +58,13 @@ def test_parameters_equal_nltks_punkt_tab_loader(nltk_punkt) -> None:
     assert ours.abbrev_types == loaded.abbrev_types
     assert ours.collocations == loaded.collocations
     assert ours.sent_starters == loaded.sent_starters
-    assert dict(ours.ortho_context) == dict(loaded.ortho_context)
+
+    # nltk's lookups add unseen types to this defaultdict(int) as 0: a 0 and a missing
+    # key mean the same, and earlier tests may have added some.
+    def nonzero(context: dict) -> dict:
+        return {key: value for key, value in context.items() if value}
+
+    assert nonzero(ours.ortho_context) == nonzero(loaded.ortho_context)
     assert type(ours.ortho_context) is type(loaded.ortho_context)
 
 
