@@ -18,7 +18,6 @@ import importlib.abc
 import re
 import sys
 import threading
-from collections import defaultdict
 from typing import Any
 
 _COUNT_CACHE = 4096
@@ -58,6 +57,15 @@ def _import_nltk() -> None:
             sys.meta_path.remove(blocker)
 
 
+class _Zeros(dict):
+    """Orthographic contexts: 0 for an unseen type, like nltk's ``defaultdict(int)``, but
+    without storing it. Tokenizing only reads this table, and a defaultdict would grow by
+    every new word it is asked about, for as long as a scorer runs."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
 @functools.lru_cache(maxsize=1)
 def _tokenizers() -> tuple[Any, Any, Any, Any]:
     """(Punkt English sentence tokenizer, nltk word tokenizer, \\w+ tokenizer, Punkt's
@@ -68,12 +76,12 @@ def _tokenizers() -> tuple[Any, Any, Any, Any]:
     from nltk.tokenize.destructive import NLTKWordTokenizer
     from nltk.tokenize.punkt import PunktLanguageVars, PunktParameters, PunktSentenceTokenizer
 
-    # The same containers nltk's punkt_tab loader (load_punkt_params) builds from the files.
+    # The same contents nltk's punkt_tab loader (load_punkt_params) builds from the files.
     params = PunktParameters()
     params.abbrev_types = set(english.ABBREV_TYPES)
     params.collocations = set(english.COLLOCATIONS)
     params.sent_starters = set(english.SENT_STARTERS)
-    params.ortho_context = defaultdict(int, english.ORTHO_CONTEXT)
+    params.ortho_context = _Zeros(english.ORTHO_CONTEXT)
     # nltk.word_tokenize uses a module-level NLTKWordTokenizer() on each sentence.
     sentence = PunktSentenceTokenizer(params)
     words = NLTKWordTokenizer()
