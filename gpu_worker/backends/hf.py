@@ -11,6 +11,7 @@ for all of them would cost ~140 MB per row for nothing.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import time
 import warnings
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Padded tokens per log-likelihood forward pass; bounds activation memory on CPU.
 LOGLIK_TOKEN_BUDGET = 8192
+# Continuation positions whose full-vocabulary logits one shared-context pass keeps.
+TAIL_POSITION_BUDGET = 512
 
 
 def cpu_has_native_bf16() -> bool:
@@ -127,8 +130,7 @@ class HFBackend:
             from transformers import BitsAndBytesConfig
         except ImportError as error:
             raise TandemError(
-                f"precision {self.precision!r} needs bitsandbytes: "
-                "pip install 'tandem-eval[quant]'"
+                f"precision {self.precision!r} needs bitsandbytes: pip install 'tandem-eval[quant]'"
             ) from error
         # Compute dtype of the dequantized matmuls: bf16 where the GPU has it, fp16 on
         # older GPUs, fp32 on CPU (the reference dtype; bf16 emulation would be slower).
@@ -156,7 +158,8 @@ class HFBackend:
                 # differently from base + adapter, so its numbers differ slightly.
                 log.warning(
                     "merging a LoRA into %s weights re-quantizes them; results differ "
-                    "slightly from the unmerged adapter", self.precision
+                    "slightly from the unmerged adapter",
+                    self.precision,
                 )
             model = model.merge_and_unload()
         return model
@@ -244,7 +247,9 @@ class HFBackend:
         """Rows whose KV cache at full length fits the memory budget."""
         config = self.model.config
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
         bytes_per = 2 if self.precision in ("bf16", "fp16") else 4
         kv_per_token = 2 * config.num_hidden_layers * heads * head_dim * bytes_per
         if self.device == "cuda":
@@ -288,7 +293,12 @@ class HFBackend:
             if self.device == "cuda":
                 torch.cuda.empty_cache()
             half = len(items) // 2
-            log.warning("out of memory at batch %d; retrying as %d + %d", len(items), half, len(items) - half)
+            log.warning(
+                "out of memory at batch %d; retrying as %d + %d",
+                len(items),
+                half,
+                len(items) - half,
+            )
             return self._generate_batch(items[:half], max_new, stop) + self._generate_batch(
                 items[half:], max_new, stop
             )
@@ -376,17 +386,47 @@ class HFBackend:
         return bos if bos is not None else self.tokenizer.eos_token_id
 
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        """Sum of log-probs of each continuation given its context, and whether every
+        continuation token is the greedy one.
+
+        Two ways in, both exact: (1) every one-token continuation (tinyMMLU's " A".."D")
+        needs only the context's last position, so all choices of a question share one
+        row; (2) multi-token continuations that share a context (ARC, HellaSwag, PIQA)
+        encode the context once, copy its KV cache per choice and run only the
+        continuation tokens. What fits neither (a lone request, or one too long for the
+        window) is one full row, as lm-eval computes it.
+        """
+        pairs = [self.split_pair(r.context, r.continuation) for r in requests]
+        results: list[LoglikelihoodResult | None] = [None] * len(requests)
+        shared: dict[tuple[int, ...], list[int]] = {}
+        rows_for: list[int] = []
+        for index, (context_ids, cont_ids) in enumerate(pairs):
+            if not cont_ids:
+                results[index] = LoglikelihoodResult(0.0, True, 0, error="empty continuation")
+            elif len(cont_ids) > 1 and len(context_ids) + len(cont_ids) <= self.max_length:
+                shared.setdefault(tuple(context_ids), []).append(index)
+            else:
+                rows_for.append(index)
+        groups = []
+        for context, members in shared.items():
+            if len(members) > 1:
+                groups.append((list(context), members))
+            else:
+                rows_for.extend(members)
+        for index, result in self._loglikelihood_rows([pairs[i] for i in rows_for]):
+            results[rows_for[index]] = result
+        for index, result in self._loglikelihood_shared(groups, pairs):
+            results[index] = result
+        return [r for r in results if r is not None]
+
+    def _loglikelihood_rows(self, pairs: list[tuple[list[int], list[int]]]):
         # One row per distinct model input. For a one-token continuation the input is
         # the context alone, so every single-token choice of a question shares a row.
         rows: dict[tuple[int, ...], int] = {}
         row_inputs: list[list[int]] = []
         row_keep: list[int] = []
         plans = []
-        for request in requests:
-            context_ids, cont_ids = self.split_pair(request.context, request.continuation)
-            if not cont_ids:
-                plans.append(None)
-                continue
+        for context_ids, cont_ids in pairs:
             full = (context_ids + cont_ids)[-(self.max_length + 1) :]
             model_input = tuple(full[:-1])
             if model_input not in rows:
@@ -397,30 +437,87 @@ class HFBackend:
             row_keep[row] = max(row_keep[row], len(cont_ids))
             plans.append((row, cont_ids, len(context_ids)))
         row_logprobs = self._score_rows(row_inputs, row_keep)
-        results = []
-        for plan in plans:
-            if plan is None:
-                results.append(
-                    LoglikelihoodResult(0.0, True, 0, error="empty continuation")
-                )
-                continue
-            row, cont_ids, context_len = plan
+        for index, (row, cont_ids, context_len) in enumerate(plans):
             log_probs, seconds, size = row_logprobs[row]
-            scored = log_probs[-len(cont_ids) :]  # the last positions predict the continuation
-            target = torch.tensor(cont_ids)
-            picked = scored.gather(1, target[:, None]).squeeze(1)
-            greedy = bool((scored.argmax(dim=-1) == target).all())
-            results.append(
-                LoglikelihoodResult(
-                    logprob=float(picked.sum()),
-                    is_greedy=greedy,
-                    continuation_tokens=len(cont_ids),
-                    context_tokens=context_len,
-                    batch_seconds=seconds,
-                    batch_size=size,
-                )
+            # The last positions predict the continuation.
+            scored = log_probs[-len(cont_ids) :]
+            yield index, _pick(scored, cont_ids, context_len, seconds, size)
+
+    @property
+    def _cache_argument(self) -> str:
+        """transformers 5.x renamed forward's past_key_values to cache."""
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        parameters = inspect.signature(type(model).forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
+
+    @staticmethod
+    def _split_by_tail_cost(batches, groups, pairs):
+        """Cap continuation positions per pass: each costs a full-vocabulary row of
+        logits (49k floats for SmolLM2), so 512 positions is ~100 MB."""
+        for batch in batches:
+            current, cost = [], 0
+            for g in batch:
+                members = groups[g][1]
+                extra = len(members) * max(len(pairs[m][1]) - 1 for m in members)
+                if current and cost + extra > TAIL_POSITION_BUDGET:
+                    yield current
+                    current, cost = [], 0
+                current.append(g)
+                cost += extra
+            if current:
+                yield current
+
+    @torch.inference_mode()
+    def _loglikelihood_shared(self, groups, pairs):
+        """Contexts once (left-padded, cached), then every continuation from a copy of
+        its context's cache (right-padded: pads after real tokens cannot touch them)."""
+        lengths = [len(context) for context, _ in groups]
+        size = self.spec.generation.batch_size
+        size = size if isinstance(size, int) else 64
+        for batch in self._split_by_tail_cost(
+            length_sorted_batches(lengths, size, LOGLIK_TOKEN_BUDGET), groups, pairs
+        ):
+            started = time.perf_counter()
+            width = max(lengths[g] for g in batch)
+            ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, g in enumerate(batch):
+                ids[row, width - lengths[g] :] = torch.tensor(groups[g][0])
+                mask[row, width - lengths[g] :] = 1
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
+                logits_to_keep=1,
+                use_cache=True,
             )
-        return results
+            first = F.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
+            owners = [(row, member) for row, g in enumerate(batch) for member in groups[g][1]]
+            tails = [pairs[member][1][:-1] for _, member in owners]
+            tail_width = max(len(t) for t in tails)
+            cache = getattr(out, "cache", None) or out.past_key_values
+            cache.batch_select_indices(torch.tensor([row for row, _ in owners], device=self.device))
+            tail_ids = torch.full((len(owners), tail_width), self.tokenizer.pad_token_id)
+            tail_mask = torch.zeros((len(owners), tail_width), dtype=torch.long)
+            for r, tail in enumerate(tails):
+                tail_ids[r, : len(tail)] = torch.tensor(tail)
+                tail_mask[r, : len(tail)] = 1
+            starts = torch.tensor([lengths[batch[row]] for row, _ in owners])
+            rest = self.model(
+                input_ids=tail_ids.to(self.device),
+                attention_mask=torch.cat([mask[[row for row, _ in owners]], tail_mask], 1).to(
+                    self.device
+                ),
+                position_ids=(starts[:, None] + torch.arange(tail_width)[None]).to(self.device),
+                **{self._cache_argument: cache},
+                use_cache=True,
+            ).logits
+            rest = F.log_softmax(rest.float(), dim=-1).cpu()
+            seconds = time.perf_counter() - started
+            for r, (row, member) in enumerate(owners):
+                context_ids, cont_ids = pairs[member]
+                scored = torch.cat([first[row : row + 1], rest[r, : len(cont_ids) - 1]])
+                yield member, _pick(scored, cont_ids, len(context_ids), seconds, len(owners))
 
     @torch.inference_mode()
     def _score_rows(
@@ -490,6 +587,21 @@ class HFBackend:
                 RollingResult(total, len(tokens), batch_seconds=time.perf_counter() - started)
             )
         return results
+
+
+def _pick(
+    scored: torch.Tensor, cont_ids: list[int], context_len: int, seconds: float, size: int
+) -> LoglikelihoodResult:
+    """Log-prob and greedy flag of ``cont_ids`` from the rows of log-probs predicting them."""
+    target = torch.tensor(cont_ids)
+    return LoglikelihoodResult(
+        logprob=float(scored.gather(1, target[:, None]).sum()),
+        is_greedy=bool((scored.argmax(dim=-1) == target).all()),
+        continuation_tokens=len(cont_ids),
+        context_tokens=context_len,
+        batch_seconds=seconds,
+        batch_size=size,
+    )
 
 
 def create(spec: RunSpec) -> HFBackend:

@@ -77,3 +77,32 @@ def test_the_space_belongs_to_the_continuation(embedded_backend):
     context_ids, continuation_ids = embedded_backend.split_pair("Answer: ", "A")
     assert embedded_backend.tokenizer.decode(continuation_ids) == " A"
     assert embedded_backend.tokenizer.decode(context_ids) == "Answer:"
+
+
+def test_shared_context_cache_equals_full_rows(embedded_backend):
+    """Multi-token choices of several questions (contexts of different lengths, so the
+    shared-context pass is left-padded) equal one full forward per request."""
+    backend = embedded_backend
+    questions = {
+        "Question: What do bees make?\nAnswer:": [" honey from nectar", " paper wasps", " milk"],
+        "Question: Which is the largest ocean on Earth, by area and by volume?\nAnswer:": [
+            " the Pacific Ocean",
+            " the Atlantic Ocean",
+            " the small Arctic Ocean",
+            " Lake Superior",
+        ],
+    }
+    requests = [LoglikelihoodRequest(c, k) for c, ks in questions.items() for k in ks]
+    assert sum(len(backend.split_pair(r.context, r.continuation)[1]) > 1 for r in requests) >= 5
+    together = backend.loglikelihood(requests)
+    rows = dict(
+        backend._loglikelihood_rows(
+            [backend.split_pair(r.context, r.continuation) for r in requests]
+        )
+    )
+    for index, (shared, full) in enumerate(
+        zip(together, [rows[i] for i in range(len(requests))], strict=True)
+    ):
+        assert abs(shared.logprob - full.logprob) < 1e-4, requests[index]
+        assert shared.is_greedy == full.is_greedy
+        assert shared.continuation_tokens == full.continuation_tokens
