@@ -64,10 +64,18 @@ def _score_ifeval(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from cpu_scorer import ifeval
 
     docs = [_load_doc(r) for r in rows]
+    for row, doc in zip(rows, docs, strict=True):
+        if not doc.get("instruction_id_list"):
+            raise TandemError(f"ifeval sample {row['sample_id']}: no instructions to check")
     todo = [i for i, r in enumerate(rows) if not r.get("error")]
     verdicts = ifeval.evaluate_many(
         [
-            (rows[i]["prompt"], rows[i]["response"], docs[i]["instruction_id_list"], docs[i]["kwargs"])
+            (
+                rows[i]["prompt"],
+                rows[i]["response"],
+                docs[i]["instruction_id_list"],
+                docs[i]["kwargs"],
+            )
             for i in todo
         ]
     )
@@ -155,13 +163,15 @@ def score_table(generation: pa.Table) -> pa.Table:
 # as possibly transient (a network store hiccup) and retries before quarantining.
 QUARANTINE_ERRORS = (TandemError, pa.ArrowException, OSError, KeyError, ValueError, TypeError)
 
+
 def pending_shards(store: Store, run_id: str) -> list[ShardRef]:
     """Generation shards with neither a score shard nor a quarantine record."""
     pending = []
     for task in store.list_tasks(run_id, "generations"):
         scored = {r.name for r in store.list_shards(run_id, "scores", task)}
         quarantined = {
-            name.split(".")[0] for name in store.list_names(store.run_path(run_id, "quarantine", task))
+            name.split(".")[0]
+            for name in store.list_names(store.run_path(run_id, "quarantine", task))
         }
         for ref in store.list_shards(run_id, "generations", task):
             if ref.name not in scored and ref.name not in quarantined:
@@ -213,7 +223,9 @@ def _stderr(values: list[float]) -> float | None:
     return math.sqrt(var / len(values))
 
 
-def aggregate_task(task: str, rows: list[dict[str, Any]], options: SummaryOptions) -> dict[str, Any]:
+def aggregate_task(
+    task: str, rows: list[dict[str, Any]], options: SummaryOptions
+) -> dict[str, Any]:
     """Aggregate metrics for one task from its score rows (errors excluded and counted)."""
     ok = [r for r in rows if not r["error"]]
     metrics: dict[str, Any] = {}
@@ -255,8 +267,7 @@ def aggregate_task(task: str, rows: list[dict[str, Any]], options: SummaryOption
 def _tinymmlu_irt(rows: list[dict[str, Any]], options: SummaryOptions, notes: list[str]) -> dict:
     if not options.irt_params:
         notes.append(
-            "IRT, p-IRT and gp-IRT need tinyBenchmarks.pkl (pass --irt-params PATH); "
-            "accuracy only"
+            "IRT, p-IRT and gp-IRT need tinyBenchmarks.pkl (pass --irt-params PATH); accuracy only"
         )
         return {}
     if len(rows) != 100:
@@ -283,7 +294,9 @@ def _telemetry(store: Store, refs: list[ShardRef]) -> dict[str, Any]:
         if "batch_seconds" not in names:
             continue
         share = table.column("batch_seconds").to_pylist()
-        sizes = table.column("batch_size").to_pylist() if "batch_size" in names else [1] * len(share)
+        sizes = (
+            table.column("batch_size").to_pylist() if "batch_size" in names else [1] * len(share)
+        )
         # Each row carries its batch's wall time; a row's share is time / batch size.
         seconds += sum(s / max(1, n) for s, n in zip(share, sizes) if s is not None)
         if "generated_tokens" in names:
@@ -321,7 +334,8 @@ def compute_summary(
         generated = store.list_shards(run_id, "generations", task)
         scored = store.list_shards(run_id, "scores", task)
         quarantined = [
-            n for n in store.list_names(store.run_path(run_id, "quarantine", task))
+            n
+            for n in store.list_names(store.run_path(run_id, "quarantine", task))
             if n.endswith(".error.json")
         ]
         rows: list[dict[str, Any]] = []
@@ -358,7 +372,10 @@ def summarize(store: Store, run_id: str, options: SummaryOptions | None = None) 
 
 
 def score_store(
-    store: Store, run_id: str | None = None, options: SummaryOptions | None = None, progress: bool = True
+    store: Store,
+    run_id: str | None = None,
+    options: SummaryOptions | None = None,
+    progress: bool = True,
 ) -> dict[str, dict[str, int]]:
     """One-shot: score every unscored shard of one run (or all runs), then summarize."""
     from tqdm import tqdm
@@ -370,7 +387,9 @@ def score_store(
     for rid in runs:
         pending = pending_shards(store, rid)
         tally = {"scored": 0, "quarantined": 0}
-        for ref in tqdm(pending, desc=f"score {rid}", unit="shard", disable=not progress, file=sys.stderr):
+        for ref in tqdm(
+            pending, desc=f"score {rid}", unit="shard", disable=not progress, file=sys.stderr
+        ):
             tally[score_shard(store, ref)] += 1
         summarize(store, rid, options)
         counts[rid] = tally

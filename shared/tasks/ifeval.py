@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shared.errors import TandemError
 from shared.tasks._base import (
     Sample,
     TaskDef,
@@ -30,6 +31,11 @@ def _load(data_dir: Path | None) -> list[Sample]:
             row,
             {"key": int, "prompt": str, "instruction_id_list": list, "kwargs": list},
         )
+        if not row["instruction_id_list"] or len(row["kwargs"]) != len(row["instruction_id_list"]):
+            raise TandemError(
+                f"{source}:{number}: instruction_id_list must be non-empty and kwargs must "
+                "hold one entry per instruction"
+            )
         # The hub copy stores absent kwargs as None; the JSONL omits them. Same meaning.
         kwargs = [{k: v for k, v in kw.items() if v is not None} for kw in row["kwargs"]]
         samples.append(
