@@ -264,34 +264,49 @@ class VLLMBackend:
         if not requests:
             return []
         prompts, cuts, params = [], [], []
-        for request in requests:
+        # One tokenizer call for the batch, and one SamplingParams per distinct
+        # (max_new_tokens, stop): per-request Python work is what separates this
+        # backend from a raw LLM.generate call.
+        encoded = self.tokenizer([r.prompt for r in requests], add_special_tokens=False)[
+            "input_ids"
+        ]
+        shared: dict[tuple[int, tuple[str, ...]], Any] = {}
+        for request, ids in zip(requests, encoded, strict=True):
             limit = self.spec.generation.max_prompt_tokens or max(
                 1, self.max_length - request.max_new_tokens
             )
-            ids = self.encode(request.prompt) or [self.eos_id]
+            ids = ids or [self.eos_id]
             cut = max(0, len(ids) - limit)
             # Cut from the left: the instruction sits at the end of a chat prompt.
             prompts.append(ids[cut:])
             cuts.append(cut)
-            params.append(
-                self._vllm.SamplingParams(
+            key = (request.max_new_tokens, request.stop)
+            if key not in shared:
+                shared[key] = self._vllm.SamplingParams(
                     temperature=0.0,
                     max_tokens=request.max_new_tokens,
                     stop=list(request.stop) or None,
                     skip_special_tokens=True,
                 )
-            )
+            params.append(shared[key])
         # One call: vLLM schedules all requests itself (continuous batching).
         outputs, seconds = self._run(prompts, params)
         results = []
         for ids, cut, output in zip(prompts, cuts, outputs, strict=True):
             completion = output.outputs[0]
+            finish = finish_reason(completion)
+            text = completion.text
+            if finish != "stop":
+                # vLLM's incremental detokenizer holds back a trailing incomplete UTF-8
+                # character that hf decodes as U+FFFD; decoding the ids the same way
+                # keeps the two backends' texts identical.
+                text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
             results.append(
                 GenerationResult(
-                    text=completion.text,
+                    text=text,
                     prompt_tokens=len(ids),
                     generated_tokens=len(completion.token_ids),
-                    finish_reason=finish_reason(completion),
+                    finish_reason=finish,
                     truncated_tokens=cut,
                     batch_seconds=seconds,
                     batch_size=len(requests),
