@@ -130,3 +130,21 @@ def test_unreadable_adapters_explained(tmp_path: Path) -> None:
     write_adapter(tmp_path / "ia3", "x", peft_type="IA3")
     with pytest.raises(TandemError, match="only LORA"):
         read_adapter_config(str(tmp_path / "ia3"))
+
+
+@pytest.mark.slow
+def test_backend_refuses_a_mismatched_adapter_before_loading(lora_dir, tmp_path) -> None:
+    """Through create_backend: the check runs before the weights load."""
+    import shutil
+
+    from gpu_worker.backends import create_backend
+    from shared.spec import RunSpec
+
+    wrong = tmp_path / "wrong-base"
+    shutil.copytree(lora_dir, wrong)
+    config_file = wrong / "adapter_config.json"
+    data = json.loads(config_file.read_text())
+    data["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-360M-Instruct"
+    config_file.write_text(json.dumps(data))
+    with pytest.raises(TandemError, match="was trained on 'HuggingFaceTB/SmolLM2-360M-Instruct'"):
+        create_backend(RunSpec(tasks=("ifeval",), precision="fp32", adapter=str(wrong)))
