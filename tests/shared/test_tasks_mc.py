@@ -91,6 +91,22 @@ def test_limit_is_a_fixed_prefix():
 
 
 @needs_data
+def test_tinymmlu_first_item_is_the_5_shot_prompt_scored_with_letters():
+    sample = _load("tinymmlu", DATA, 1)[0]
+    assert sample.prompt.startswith(
+        "The following are multiple choice questions (with answers) about high school "
+        "statistics.\n\nWhich of the following is a correct statement about correlation?\n"
+    )
+    assert sample.prompt.endswith(
+        "between 80 and 90 days?\nA. 15.4%\nB. 17.8%\nC. 20.0%\nD. 82.1%\nAnswer:"
+    )
+    assert sample.prompt.count("\nAnswer:") == 6  # five shots and the question
+    assert sample.choices == (" A", " B", " C", " D")
+    assert sample.doc["choice_texts"] == ["A", "B", "C", "D"]
+    assert sample.gold == 3
+
+
+@needs_data
 def test_arc_easy_first_test_item():
     sample = _load("arc_easy", DATA, 1)[0]
     assert sample.sample_id == "Mercury_417466"
