@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,15 @@ def measure(spec: RunSpec, reference: dict | None, max_new: int) -> dict:
     backend = create_backend(spec)
     load = time.perf_counter() - started
     ll = [r.logprob for r in backend.loglikelihood(LOGLIK)]
+    # Batch noise: the same requests in other batches (shuffled, with duplicates), as
+    # the conformance suite's ordering test sends them.
+    noise = 0.0
+    for seed in range(3):
+        order = list(range(len(LOGLIK))) * 2
+        random.Random(seed).shuffle(order)
+        shuffled = backend.loglikelihood([LOGLIK[i] for i in order])
+        pairs = zip(shuffled, order, strict=True)
+        noise = max(noise, *(abs(r.logprob - ll[i]) for r, i in pairs))
     rolling = [r.logprob for r in backend.loglikelihood_rolling(ROLLING)]
     requests = generation_requests(backend, max_new)
     started = time.perf_counter()
@@ -43,6 +53,7 @@ def measure(spec: RunSpec, reference: dict | None, max_new: int) -> dict:
         "load_s": round(load, 1),
         "gen_tokens_per_s": round(sum(r.generated_tokens for r in batch) / seconds, 2),
         "batch_equals_single": [b.text for b in batch] == [s.text for s in single],
+        "max_abs_loglik_batch_noise": noise,
         "texts": [b.text for b in batch],
         "loglik": ll,
         "rolling": rolling,

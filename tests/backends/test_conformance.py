@@ -43,6 +43,8 @@ class Config:
     merge: bool = False
     loglik_tol: float = 1e-3  # nats per request vs the hf fp32 reference
     rolling_tol: float = 1e-3  # nats per rolling text
+    # The same request batched with other neighbours (nats): numeric noise only.
+    batch_tol: float = 1e-4
     # Greedy text equals the hf fp32 reference's (only where numerics allow it).
     same_text: bool = False
     # Batched greedy output equals one-at-a-time output (measured; see below).
@@ -72,13 +74,16 @@ def _params(configs: dict[str, Config]) -> list:
 # (padding rows included), so a row's numbers depend on its neighbours: measured on
 # CPU, batched and one-at-a-time greedy texts differ within 8 tokens. bf16 matched at
 # MAX_NEW=8 but differed after ~10 tokens (GEMM blocking changes with the batch shape).
-FP16 = {"loglik_tol": 0.15, "rolling_tol": 0.1}  # measured 0.099 / 0.044
-BF16 = {"loglik_tol": 0.8, "rolling_tol": 0.15}  # measured 0.525 / 0.054
-INT8 = {"loglik_tol": 2.2, "rolling_tol": 1.7}  # measured 1.43 / 1.10
-NF4 = {"loglik_tol": 13.5, "rolling_tol": 23.0}  # measured 8.80 / 15.11
-NF4_LORA = {"loglik_tol": 15.0, "rolling_tol": 28.5}  # measured 9.92 / 18.97
-EXACT = {"loglik_tol": 1e-4, "rolling_tol": 1e-4, "same_text": True}  # measured 0
-CLOSE = {"loglik_tol": 1e-3, "rolling_tol": 1e-3, "same_text": True}  # measured <6e-5
+# Measured: vs fp32 per request / per rolling text / batch noise (shuffled batches).
+FP16 = {"loglik_tol": 0.15, "rolling_tol": 0.1, "batch_tol": 0.06}  # 0.099 / 0.044 / 0.040
+BF16 = {"loglik_tol": 0.8, "rolling_tol": 0.15, "batch_tol": 0.2}  # 0.525 / 0.054 / 0.123
+# LLM.int8's outlier columns depend on the whole batch: the same request moved by up to
+# 2.24 nats with other neighbours. Its tolerance vs fp32 holds for the suite's batching.
+INT8 = {"loglik_tol": 2.2, "rolling_tol": 1.7, "batch_tol": 3.4}  # 1.43 / 1.10 / 2.24
+NF4 = {"loglik_tol": 13.5, "rolling_tol": 23.0, "batch_tol": 0.08}  # 8.80 / 15.11 / 0.042
+NF4_LORA = {"loglik_tol": 15.0, "rolling_tol": 28.5, "batch_tol": 0.08}  # 9.92 / 18.97 / 0.055
+EXACT = {"loglik_tol": 1e-4, "rolling_tol": 1e-4, "same_text": True}  # 0 / 0 / 3e-5
+CLOSE = {"loglik_tol": 1e-3, "rolling_tol": 1e-3, "batch_tol": 1e-3, "same_text": True}
 
 CONFIGS = {
     # --- CPU: measured here -------------------------------------------------------
@@ -182,7 +187,7 @@ def test_one_result_per_request_in_order(subject) -> None:
         assert got.continuation_tokens == want.continuation_tokens
         assert got.context_tokens == want.context_tokens
         # Same request, other batch neighbours: only numeric noise may differ.
-        assert got.logprob == pytest.approx(want.logprob, abs=config.loglik_tol)
+        assert got.logprob == pytest.approx(want.logprob, abs=config.batch_tol)
 
 
 def test_logprobs_within_tolerance_of_hf_fp32(subject, references) -> None:
