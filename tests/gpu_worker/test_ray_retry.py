@@ -129,3 +129,67 @@ def test_job_stopped_by_failures_resumes(tmp_path, data_dir, ray_address, monkey
     again = run_generation(spec, str(store), local=False, workers=2, progress=False)
     assert again.shards_skipped == 4 and again.shards_done == 1
     assert [s["shard"] for s in again.stats] == [CrashingActor.CRASH_SHARD]
+
+
+DRIVER = """
+import sys, time
+import ray
+import gpu_worker.job as job_module
+from gpu_worker.job import ShardActor, run_generation
+from shared.spec import RunSpec
+
+class SlowActor(ShardActor):
+    def run(self, job):
+        time.sleep(1.5)  # slow enough that the driver is killed mid-job
+        return super().run(job)
+
+job_module.ShardActor = SlowActor
+ray.init(address=sys.argv[1], _node_ip_address="127.0.0.1", log_to_driver=False)
+spec = RunSpec.model_validate_json(sys.argv[2])
+run_generation(spec, sys.argv[3], local=False, workers=1, progress=False)
+"""
+
+
+def test_job_killed_mid_run_resumes(tmp_path, data_dir, ray_head, ray_address) -> None:
+    """SIGKILL the driver of a running Ray job; the rerun does only what is missing."""
+    import signal
+    import subprocess
+    import time
+
+    store = tmp_path / "store"
+    spec = spec_for(data_dir, "killed")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            DRIVER,
+            ray_head.gcs_address,
+            spec.model_dump_json(),
+            str(store),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    shards = store / "runs" / "killed" / "generations" / "ifeval"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            done = [p for p in shards.glob("*.parquet")] if shards.exists() else []
+            if len(done) >= 2:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the driver finished before it could be killed"
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.wait(timeout=30)
+    before = {s.name for s in Store(store).list_shards("killed", "generations", "ifeval")}
+    assert 2 <= len(before) < 5
+
+    again = run_generation(spec, str(store), local=False, workers=2, progress=False)
+    assert again.shards_skipped == len(before)
+    assert again.shards_done == 5 - len(before)
+    assert {s["shard"] for s in again.stats}.isdisjoint(before)
+    after = Store(store).list_shards("killed", "generations", "ifeval")
+    assert len(after) == 5
