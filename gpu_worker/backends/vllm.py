@@ -189,6 +189,8 @@ class VLLMBackend:
             quantization,
             self.adapter if self.lora is not None else None,
         )
+        if load_path != self.resolved.load_path:
+            options["revision"] = None  # the merged copy is a local directory
         self.options = options
         self.vllm_version = vllm.__version__
         self._vllm = vllm
