@@ -168,12 +168,12 @@ def load_prompts(count: int, data_dir: Path) -> tuple[list[str], str]:
     return rendered, model
 
 
-def run_tandem_hf(prompts: list[str], max_new: int) -> tuple[dict, int]:
+def run_tandem_hf(prompts: list[str], max_new: int, precision: str = "fp32") -> tuple[dict, int]:
     from gpu_worker.backends import create_backend
     from gpu_worker.backends.base import GenerationRequest
     from shared.spec import RunSpec
 
-    backend = create_backend(RunSpec(tasks=("ifeval",), precision="fp32", device="cpu"))
+    backend = create_backend(RunSpec(tasks=("ifeval",), precision=precision))
     requests = [GenerationRequest(p, max_new) for p in prompts]
     backend.generate([GenerationRequest(p, 4) for p in prompts[:2]])  # warm-up
     started = time.perf_counter()
@@ -221,6 +221,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--skip", default="", help="comma list: lmeval,lmeval1,naive,vllm")
+    parser.add_argument(
+        "--hf-precisions",
+        default="",
+        help="also run tandem hf at these precisions (e.g. bf16,fp16,int8,nf4)",
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", nargs=3, metavar=("MODE", "JOB", "OUT"), default=None)
     args = parser.parse_args()
@@ -247,6 +252,10 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     results["tandem-hf"], batch_size = run_tandem_hf(prompts, args.max_new_tokens)
+    for precision in filter(None, args.hf_precisions.split(",")):
+        results[f"tandem-hf {precision}"], _ = run_tandem_hf(
+            prompts, args.max_new_tokens, precision
+        )
     if "lmeval" not in skip:
         got = in_env(LMEVAL_PY, "lmeval", {**job, "batch_size": batch_size}, env)
         if got:
