@@ -184,8 +184,14 @@ class ShardActor:
         from gpu_worker.shards import run_shard
 
         stats = run_shard(
-            self.backend, self.store, self.spec, TASKS[job.task], job.ref, job.samples,
-            job.chat, provenance(self.spec, self.record),
+            self.backend,
+            self.store,
+            self.spec,
+            TASKS[job.task],
+            job.ref,
+            job.samples,
+            job.chat,
+            provenance(self.spec, self.record),
         )
         stats["actor"] = os.getpid()
         return stats
@@ -245,8 +251,11 @@ def _run_ray(spec, store_uri, jobs, record, workers, progress):
 
     idle = [new_actor() for _ in range(count)]
     replacements_left = MAX_ATTEMPTS * count
-    print(f"ray: {count} actor(s) with {options.get('num_gpus', 0)} GPU / "
-          f"{options['num_cpus']} CPU each", file=sys.stderr)
+    print(
+        f"ray: {count} actor(s) with {options.get('num_gpus', 0)} GPU / "
+        f"{options['num_cpus']} CPU each",
+        file=sys.stderr,
+    )
     queue = list(jobs)
     attempts: dict[str, int] = {}
     in_flight: dict[Any, tuple[Any, ShardJob]] = {}
