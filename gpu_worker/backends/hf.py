@@ -147,6 +147,7 @@ class HFBackend:
         return {"quantization_config": config, "device_map": self.device, "dtype": compute}
 
     def _attach_adapter(self, model: Any) -> Any:
+        quiet_bitsandbytes()  # peft imports bitsandbytes when it is installed
         try:
             from peft import PeftModel
         except ImportError as error:
