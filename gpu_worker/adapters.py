@@ -183,6 +183,10 @@ def merged_model_dir(load_path: str, adapter: str) -> Path:
     if (target / "config.json").is_file():
         return target
     import torch
+
+    from gpu_worker.precision import quiet_bitsandbytes
+
+    quiet_bitsandbytes()  # peft imports bitsandbytes when it is installed
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
