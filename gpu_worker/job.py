@@ -70,12 +70,17 @@ def run_record(spec: RunSpec, run_id: str, model: dict[str, Any], totals: dict[s
         "spec_hash": spec.spec_hash(),
         "model": {k: v for k, v in model.items() if k != "has_chat_template"},
         "chat": {"mode": spec.chat_template, "has_template": model["has_chat_template"]},
-        "tasks": {name: {"samples": count, "shard_size": spec.shard_size} for name, count in totals.items()},
+        "tasks": {
+            name: {"samples": count, "shard_size": spec.shard_size}
+            for name, count in totals.items()
+        },
         "environment": environment(),
     }
 
 
-def plan(spec: RunSpec, store: Store, data_dir: str | None = None) -> tuple[str, list[ShardJob], int, dict]:
+def plan(
+    spec: RunSpec, store: Store, data_dir: str | None = None
+) -> tuple[str, list[ShardJob], int, dict]:
     """Validate everything, write run.json, and list the shards still to do."""
     run_id = spec.resolved_run_id()
     samples: dict[str, list[Sample]] = {}
@@ -162,7 +167,13 @@ def _run_local(spec, store_uri, jobs, record, workers, progress):
     with _progress(jobs, progress) as bar:
         for job in jobs:
             stats = run_shard(
-                backend, store, spec, TASKS[job.task], job.ref, job.samples, job.chat,
+                backend,
+                store,
+                spec,
+                TASKS[job.task],
+                job.ref,
+                job.samples,
+                job.chat,
                 provenance(spec, record),
             )
             bar.update(len(job.samples))
