@@ -76,3 +76,21 @@ def test_heavy_libraries_only_in_backends():
         assert not top_level & set(HEAVY), (
             f"{path.relative_to(REPO)} imports {top_level & set(HEAVY)} at import time"
         )
+
+
+def test_the_scorer_extra_installs_without_torch():
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    requirements = list(project["dependencies"])
+    pending = ["scorer", "server"]
+    while pending:  # follow self-references such as tandem-eval[scorer]
+        for requirement in extras[pending.pop()]:
+            if requirement.startswith("tandem-eval["):
+                pending += requirement[len("tandem-eval[") : -1].split(",")
+            else:
+                requirements.append(requirement)
+    names = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
+    assert not names & {"torch", "transformers", "vllm", "unsloth", "ray", "accelerate", "peft"}
