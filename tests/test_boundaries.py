@@ -80,6 +80,7 @@ def test_heavy_libraries_only_in_backends():
 
 def test_the_scorer_extra_installs_without_torch():
     import re
+
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
