@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     store = Path(args.store).resolve()
     store.mkdir(parents=True, exist_ok=True)
     spec_path = store / "demo.toml"
-    spec_path.write_text(DEMO_SPEC.format(ifeval=24, tinymmlu=100, max_new_tokens=256))
+    spec_path.write_text(DEMO_SPEC.format(ifeval=20, tinymmlu=40, max_new_tokens=256))
     tandem_bin = str(Path(sys.executable).with_name("tandem"))
     entrypoint = [
         tandem_bin,
