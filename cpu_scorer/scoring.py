@@ -80,7 +80,7 @@ def _score_ifeval(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ]
     )
     out = [_score_row_base(r) for r in rows]
-    for index, verdict in zip(todo, verdicts):
+    for index, verdict in zip(todo, verdicts, strict=True):
         strict, loose = list(verdict.strict), list(verdict.loose)
         out[index].update(
             instruction_id_list=docs[index]["instruction_id_list"],
@@ -241,7 +241,7 @@ def aggregate_task(
         }
         by_type: dict[str, list[int]] = {}
         for r in ok:
-            for name, passed in zip(r["instruction_id_list"], r["inst_level_strict"]):
+            for name, passed in zip(r["instruction_id_list"], r["inst_level_strict"], strict=True):
                 by_type.setdefault(name, []).append(int(passed))
         metrics["by_instruction"] = {k: _mean(v) for k, v in sorted(by_type.items())}
     elif ok and dict(ok[0]["metrics"]).keys() >= {"logprob", "tokens"}:
@@ -298,7 +298,7 @@ def _telemetry(store: Store, refs: list[ShardRef]) -> dict[str, Any]:
             table.column("batch_size").to_pylist() if "batch_size" in names else [1] * len(share)
         )
         # Each row carries its batch's wall time; a row's share is time / batch size.
-        seconds += sum(s / max(1, n) for s, n in zip(share, sizes) if s is not None)
+        seconds += sum(s / max(1, n) for s, n in zip(share, sizes, strict=True) if s is not None)
         if "generated_tokens" in names:
             tokens += sum(v or 0 for v in table.column("generated_tokens").to_pylist())
         if "prompt_tokens" in names:
