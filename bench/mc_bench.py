@@ -4,7 +4,8 @@
 
 Scores the first ``--items`` ARC-Easy test items (``../shared/data/mc/arc_easy``) with
 the embedded SmolLM2-135M-Instruct in fp32 on CPU, twice: with tandem (the hf backend's
-``loglikelihood``, one call per 32-sample shard as the job makes them, then
+``loglikelihood``, one call per 32-sample shard as the job makes them by default
+(``--shard``), then
 ``cpu_scorer.multiple_choice``) and with lm-evaluation-harness 0.4.13 (``HFLM`` +
 ``simple_evaluate`` on a local copy of its ``arc_easy`` task definition that reads the
 same JSONL, so no hub is needed). It checks that both give the same acc and acc_norm
@@ -36,7 +37,7 @@ DATA = REPO / ".." / "shared" / "data"
 BENCH_VENV = REPO / ".venv-mcbench"
 TORCH = "torch==2.13.0"
 LM_EVAL = "lm-eval==0.4.13"
-SHARD = 32  # samples per loglikelihood call on the tandem side (the job's shard size)
+SHARD = 32  # samples per loglikelihood call on the tandem side: the spec's default shard_size
 
 # lm-eval's arc_easy.yaml, pointed at the local test file (placeholders filled below).
 TASK_YAML = """\
@@ -95,7 +96,7 @@ def _warm_up(model) -> None:
 # --- the two sides, each in its own process ------------------------------------------
 
 
-def run_tandem(items: int, batch_size: int, data: Path) -> dict:
+def run_tandem(items: int, batch_size: int, data: Path, shard: int) -> dict:
     sys.path.insert(0, str(REPO))
     from cpu_scorer.multiple_choice import score_row
     from gpu_worker.backends import LoglikelihoodRequest, create_backend
@@ -113,15 +114,15 @@ def run_tandem(items: int, batch_size: int, data: Path) -> dict:
     started, cpu = time.perf_counter(), _cpu_seconds()
     samples = load_samples(TASKS["arc_easy"], data, items)
     rows = []
-    for first in range(0, len(samples), SHARD):
-        shard = samples[first : first + SHARD]
+    for first in range(0, len(samples), shard):
+        chunk = samples[first : first + shard]
         requests = [
             LoglikelihoodRequest(sample.prompt, choice)
-            for sample in shard
+            for sample in chunk
             for choice in sample.choices
         ]
         results = iter(backend.loglikelihood(requests))
-        for sample in shard:
+        for sample in chunk:
             logprobs = [next(results).logprob for _ in sample.choices]
             rows.append(score_row(logprobs, sample.doc["choice_texts"], sample.gold))
     seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
@@ -191,13 +192,16 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--shard", type=int, default=SHARD, help="samples per tandem loglikelihood call"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per side; the best counts")
     parser.add_argument("--side", choices=["tandem", "lm-eval"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.side == "tandem":
-        print(json.dumps(run_tandem(args.items, args.batch_size, args.data)))
+        print(json.dumps(run_tandem(args.items, args.batch_size, args.data, args.shard)))
         return 0
     if args.side == "lm-eval":
         result = run_lm_eval(args.items, args.batch_size, args.data, args.model_dir, args.threads)
@@ -223,7 +227,8 @@ def main() -> int:
     common += ["--data", str(args.data), "--threads", str(threads)]
     script = str(Path(__file__).resolve())
     reference_python = str(bench_python())
-    tandem_command = [sys.executable, script, "--side", "tandem", *common]
+    tandem_command = [sys.executable, script, "--side", "tandem", "--shard", str(args.shard)]
+    tandem_command += common
     reference_command = [reference_python, script, "--side", "lm-eval", "--model-dir", model_dir]
     tandem = reference = None
     # Sides alternate; the fastest run of each counts (other work can only slow one down).
@@ -236,7 +241,8 @@ def main() -> int:
 
     print(
         f"ARC-Easy test, first {args.items} items, SmolLM2-135M-Instruct fp32 CPU, "
-        f"{threads} torch threads, batch size {args.batch_size}"
+        f"{threads} torch threads, batch size {args.batch_size}, tandem shards of "
+        f"{args.shard}, best of {args.repeat}, load average {os.getloadavg()[0]:.1f}"
     )
     for side in (tandem, reference):
         n = side["items"]
