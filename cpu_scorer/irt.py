@@ -267,7 +267,10 @@ def load_params(path: str | Path, bench: str = "mmlu") -> IrtParams:
     try:
         raw = _SafeUnpickler(io.BytesIO(data)).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
-        raise TandemError(f"{path}: cannot unpickle the IRT parameter file: {error}") from error
+        raise TandemError(
+            f"{path}: cannot unpickle the IRT parameter file ({error}); expected "
+            f"tinyBenchmarks.pkl from {PARAMS_URL}"
+        ) from error
     return validate_params(raw, bench, path)
 
 
