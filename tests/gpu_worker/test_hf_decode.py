@@ -1,0 +1,120 @@
+"""The hf backend's own greedy loop (_decode_greedy) against transformers' generate, on
+the embedded SmolLM2 (fp32, CPU): token for token, with early EOS, stop strings and
+rows leaving the batch while others go on."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "Answer with one word: what colour is the sky on a clear day?",
+    "Write a short paragraph about the history of the bicycle, with at least three dates.",
+    "What is 7 times 6? Reply with the number only.",
+    "List five fruits, one per line.",
+    "Say yes.",
+    "Explain in detail how a refrigerator keeps food cold, step by step.",
+]
+
+
+def _items(backend, prompts):
+    items = [(backend.encode(backend.render(p, True)), 0) for p in prompts]
+    return sorted(items, key=lambda item: -len(item[0]))  # as generate() batches them
+
+
+def _key(result):
+    return (result.text, result.generated_tokens, result.finish_reason, result.prompt_tokens)
+
+
+def test_loop_equals_generate_with_early_eos(embedded_backend):
+    backend = embedded_backend
+    items = _items(backend, PROMPTS)
+    assert backend._shared_prefix(items) > 0  # the chat template's system prompt
+    loop = backend._decode_greedy(items, 48, ())
+    assert loop is not None, "the embedded model should run the custom loop"
+    reference = backend._generate_with_generate(items, 48, ())
+    assert [_key(r) for r in loop] == [_key(r) for r in reference]
+    reasons = {r.finish_reason for r in loop}
+    assert reasons == {"eos", "length"}, reasons  # rows left the batch while others ran on
+    # One at a time through generate: batching and rows dropping out change nothing.
+    for item, together in zip(items, loop, strict=True):
+        alone = backend._generate_with_generate([item], 48, ())[0]
+        assert _key(alone) == _key(together)
+
+
+def test_loop_equals_generate_with_stop_strings(embedded_backend):
+    backend = embedded_backend
+    items = _items(backend, PROMPTS)
+    full = backend._decode_greedy(items, 40, ())
+    long_texts = [r.text for r in full if len(r.text.split()) > 4]
+    assert len(long_texts) >= 2
+    # Strings the unconstrained outputs are known to contain, plus one never produced.
+    stop = (long_texts[0].split()[3], long_texts[1].split()[2], "@@never@@")
+    loop = backend._decode_greedy(items, 40, stop)
+    reference = backend._generate_with_generate(items, 40, stop)
+    assert [_key(r) for r in loop] == [_key(r) for r in reference]
+    assert sum(r.finish_reason == "stop" for r in loop) >= 2
+    for before, after in zip(full, loop, strict=True):
+        if after.finish_reason == "stop":
+            cut = min(before.text.index(s) for s in stop if s in before.text)
+            assert after.text == before.text[:cut]
+            assert after.generated_tokens <= before.generated_tokens
+
+
+def test_rows_leaving_the_batch_do_not_change_the_others(embedded_backend, monkeypatch):
+    """A short prompt that ends at once next to long ones: the cache is compacted (and
+    its shared left padding dropped) mid-batch; a tiny growth step makes the in-place
+    cache reallocate several times."""
+    from gpu_worker.backends import hf
+
+    monkeypatch.setattr(hf, "CACHE_GROWTH", 3)
+    backend = embedded_backend
+    long_prompt = "Summarise this: " + "the cat sat on the mat and looked at the birds. " * 6
+    prompts = [long_prompt + " Reply with the word done only.", *PROMPTS[1:4]]
+    items = _items(backend, prompts)
+    together = backend._decode_greedy(items, 32, ())
+    for item, result in zip(items, together, strict=True):
+        alone = backend._decode_greedy([item], 32, ())[0]
+        assert _key(alone) == _key(result)
+    assert min(r.generated_tokens for r in together) < 32
+
+
+def test_generate_uses_the_loop_and_falls_back(embedded_backend):
+    from gpu_worker.backends import GenerationRequest
+
+    backend = embedded_backend
+    requests = [GenerationRequest(backend.render(p, True), 24) for p in PROMPTS[:3]]
+    assert backend._decode_loop_supported()
+    fast = backend.generate(requests)
+    backend.__dict__["_decode_loop"] = False  # as for a model the loop cannot run
+    try:
+        slow = backend.generate(requests)
+    finally:
+        backend.__dict__["_decode_loop"] = True
+    assert [_key(r) for r in fast] == [_key(r) for r in slow]
+
+
+def test_growing_layer_matches_concatenation():
+    import torch
+
+    from gpu_worker.backends.hf import _GrowingLayer
+
+    torch.manual_seed(0)
+    keys, values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    room = torch.zeros(3, 2, 1, 4)
+    layer = _GrowingLayer(torch.cat([keys, room], 2), torch.cat([values, room], 2), 5)
+    for _ in range(4):  # room for one column, then it must grow
+        k, v = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+        got_k, got_v = layer.update(k, v)
+        assert torch.equal(got_k, keys) and torch.equal(got_v, values)
+    index = torch.tensor([0, 2])
+    layer.batch_select_indices(index)
+    layer.drop_columns(0, 2)
+    assert torch.equal(layer.keys, keys[index][:, :, 2:])
+    layer.drop_columns(1, 2)  # padding between a shared prefix and the prompts
+    kept = torch.cat([keys[index][:, :, 2:3], keys[index][:, :, 5:]], 2)
+    assert torch.equal(layer.keys, kept) and layer.get_seq_length() == 5
+    k = torch.randn(2, 2, 1, 4)
+    assert torch.equal(layer.update(k, k)[0], torch.cat([kept, k], 2))
