@@ -13,6 +13,7 @@ HEADLINE = (
     "inst_level_loose_acc",
     "acc",
     "acc_norm",
+    "f1",
     "irt",
     "pirt",
     "gpirt",

@@ -256,12 +256,27 @@ def aggregate_task(
             metrics[f"{name}_stderr"] = _stderr(values)
         if task == "tinymmlu":
             metrics.update(_tinymmlu_irt(ok, options, notes))
+        if task == "mrpc":
+            metrics["f1"] = _binary_f1(ok)
     return {
         "metrics": metrics,
         "samples_scored": len(ok),
         "samples_failed": len(rows) - len(ok),
         "notes": notes,
     }
+
+
+def _binary_f1(rows: list[dict[str, Any]]) -> float:
+    """lm-eval's MRPC f1 (class 1 positive). Score rows keep the prediction and acc; for a
+    two-way task the gold label follows from them."""
+    from cpu_scorer import multiple_choice
+
+    predictions = [r["prediction"] for r in rows]
+    golds = [
+        p if dict(r["metrics"])["acc"] == 1.0 else 1 - p
+        for p, r in zip(predictions, rows, strict=True)
+    ]
+    return multiple_choice.f1(predictions, golds)
 
 
 def _tinymmlu_irt(rows: list[dict[str, Any]], options: SummaryOptions, notes: list[str]) -> dict:

@@ -874,7 +874,7 @@ class HFBackend:
             rows = self._score_rows(inputs, keeps)
             total = 0.0
             target_start = 1
-            for (log_probs, _, _), keep in zip(rows, keeps):
+            for (log_probs, _, _), keep in zip(rows, keeps, strict=True):
                 target = torch.tensor(sequence[target_start : target_start + keep])
                 total += float(log_probs.gather(1, target[:, None]).sum())
                 target_start += keep
