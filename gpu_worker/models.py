@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpu_worker import tokens as token_rules
 from shared.errors import TandemError
 from shared.spec import EMBEDDED_MODEL, RunSpec
 
@@ -146,13 +147,10 @@ def describe_model(spec: RunSpec) -> dict[str, object]:
         tokenizer = AutoTokenizer.from_pretrained(resolved.load_path, revision=spec.revision)
     except OSError as error:
         raise TandemError(f"cannot load the tokenizer of {spec.model}: {error}") from error
-    template = tokenizer.chat_template or ""
-    if isinstance(template, dict):
-        template = template.get("default", "")
     return {
         "model_id": resolved.model_id,
         "model_revision": resolved.revision,
         "model_file_sha256": resolved.file_sha256,
-        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else "",
-        "has_chat_template": bool(template),
+        "chat_template_sha256": token_rules.chat_template_sha256(tokenizer),
+        "has_chat_template": bool(token_rules.chat_template(tokenizer)),
     }

@@ -10,7 +10,6 @@ for all of them would cost ~140 MB per row for nothing.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import time
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from gpu_worker import tokens as token_rules
 from gpu_worker.adapters import check_adapter
 from gpu_worker.backends.base import (
     BackendInfo,
@@ -222,19 +222,10 @@ class HFBackend:
 
     # ---- prompts -----------------------------------------------------------------------
     def has_chat_template(self) -> bool:
-        return bool(self.tokenizer.chat_template)
+        return bool(token_rules.chat_template(self.tokenizer))
 
     def render(self, prompt: str, chat: bool) -> str:
-        if not chat:
-            return prompt
-        if not self.has_chat_template():
-            raise TandemError(
-                f"chat_template = 'on' but model {self.spec.model} has no chat template; "
-                "use chat_template = 'off' or 'auto'"
-            )
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        return token_rules.render(self.tokenizer, prompt, chat, self.spec.model)
 
     def encode(self, text: str) -> list[int]:
         # No special tokens: the chat template already has them, and lm-eval encodes
@@ -242,14 +233,11 @@ class HFBackend:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def info(self) -> dict[str, Any]:
-        template = self.tokenizer.chat_template or ""
-        if isinstance(template, dict):
-            template = template.get("default", "")
         return BackendInfo(
             model_id=self.resolved.model_id,
             model_revision=self.resolved.revision,
             model_file_sha256=self.resolved.file_sha256,
-            chat_template_sha256=hashlib.sha256(template.encode()).hexdigest() if template else "",
+            chat_template_sha256=token_rules.chat_template_sha256(self.tokenizer),
             precision=self.precision,
             device=self.device,
             extra={"torch_threads": torch.get_num_threads(), "max_length": self.max_length},
@@ -657,28 +645,12 @@ class HFBackend:
 
     # ---- log-likelihood ----------------------------------------------------------------
     def split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """lm-eval's token boundary: trailing context whitespace moves to the
-        continuation, the pair is encoded together, the continuation is what follows
-        the context's own tokens (" A" and "A" are different tokens; the space belongs
-        to the answer)."""
-        stripped = context.rstrip()
-        if stripped != context:
-            continuation = context[len(stripped) :] + continuation
-            context = stripped
-        if not context:
-            return [self.prefix_token_id], self.encode(continuation)
-        whole = self.encode(context + continuation)
-        context_ids = self.encode(context)
-        return whole[: len(context_ids)], whole[len(context_ids) :]
+        """lm-eval's token boundary (see gpu_worker.tokens.split_pair)."""
+        return token_rules.split_pair(self.encode, self.prefix_token_id, context, continuation)
 
     @property
     def prefix_token_id(self) -> int:
-        """What an empty context and a rolling text's first token are conditioned on:
-        BOS when the tokenizer has one, else EOS (lm-eval's HFLM.prefix_token_id). For
-        SmolLM2-Instruct these differ (<|im_start|> vs <|im_end|>): using EOS moved a
-        short text's log-prob by ~0.5 nats against lm-eval's."""
-        bos = self.tokenizer.bos_token_id
-        return bos if bos is not None else self.tokenizer.eos_token_id
+        return token_rules.prefix_token_id(self.tokenizer)
 
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
         """Sum of log-probs of each continuation given its context, and whether every

@@ -22,11 +22,11 @@ that builds this backend needs an ``if __name__ == "__main__":`` guard.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from typing import Any
 
+from gpu_worker import tokens as token_rules
 from gpu_worker.adapters import AdapterConfig, check_adapter, merged_model_dir
 from gpu_worker.backends.base import (
     BackendInfo,
@@ -39,6 +39,7 @@ from gpu_worker.backends.base import (
 )
 from gpu_worker.models import resolve_model
 from gpu_worker.precision import detect_platform, resolve_precision
+from gpu_worker.tokens import split_pair
 from shared.errors import TandemError
 from shared.spec import RunSpec
 
@@ -120,22 +121,6 @@ def engine_options(
     return options
 
 
-def split_pair(encode, prefix_id: int, context: str, continuation: str):
-    """lm-eval's token boundary, exactly as the hf backend draws it: trailing context
-    whitespace moves to the continuation (" A" and "A" are different tokens), the pair
-    is encoded together, and the continuation is what follows the context's tokens. An
-    empty context is the prefix token (BOS, else EOS, as lm-eval's prefix_token_id)."""
-    stripped = context.rstrip()
-    if stripped != context:
-        continuation = context[len(stripped) :] + continuation
-        context = stripped
-    if not context:
-        return [prefix_id], encode(continuation)
-    whole = encode(context + continuation)
-    context_ids = encode(context)
-    return whole[: len(context_ids)], whole[len(context_ids) :]
-
-
 def finish_reason(output: Any) -> str:
     """vLLM says "stop" for EOS and for a stop string alike; its stop_reason tells them
     apart (a str for a stop string, None or a token id for EOS)."""
@@ -200,37 +185,24 @@ class VLLMBackend:
         self.eos_id = self.tokenizer.eos_token_id
         # What an empty context and a rolling text's first token are conditioned on:
         # BOS when the tokenizer has one, else EOS, exactly as the hf backend and lm-eval.
-        bos = self.tokenizer.bos_token_id
-        self.prefix_id = bos if bos is not None else self.eos_id
+        self.prefix_id = token_rules.prefix_token_id(self.tokenizer)
 
     # ---- prompts -----------------------------------------------------------------------
     def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return bool(token_rules.chat_template(self.tokenizer))
 
     def render(self, prompt: str, chat: bool) -> str:
-        if not chat:
-            return prompt
-        if not self.has_chat_template():
-            raise TandemError(
-                f"chat_template = 'on' but model {self.spec.model} has no chat template; "
-                "use chat_template = 'off' or 'auto'"
-            )
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        return token_rules.render(self.tokenizer, prompt, chat, self.spec.model)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def info(self) -> dict[str, Any]:
-        template = getattr(self.tokenizer, "chat_template", None) or ""
-        if isinstance(template, dict):
-            template = template.get("default", "")
         return BackendInfo(
             model_id=self.resolved.model_id,
             model_revision=self.resolved.revision,
             model_file_sha256=self.resolved.file_sha256,
-            chat_template_sha256=hashlib.sha256(template.encode()).hexdigest() if template else "",
+            chat_template_sha256=token_rules.chat_template_sha256(self.tokenizer),
             precision=self.precision,
             device=self.device,
             extra={
