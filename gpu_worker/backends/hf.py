@@ -2,10 +2,11 @@
 LoRA via peft.
 
 Generation is greedy, left-padded and longest-first with the KV cache. Log-likelihood
-requests that share an input (every choice of a question whose continuations are one
-token each) share one forward pass, and only the positions that are scored go
-through the LM head: a 5-shot MMLU prompt is ~700 tokens and full-vocabulary logits
-for all of them would cost ~140 MB per row for nothing.
+requests are packed into prefix trees: a prefix shared by several requests (the context
+of every choice of a question, the few-shot block of one subject) runs through the
+model once, rows carry no padding, and only the positions that are scored go through
+the LM head: a 5-shot MMLU prompt is ~700 tokens and full-vocabulary logits for all of
+them would cost ~140 MB per row for nothing.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Padded tokens per log-likelihood forward pass; bounds activation memory on CPU.
 LOGLIK_TOKEN_BUDGET = 8192
-# Continuation positions whose full-vocabulary logits one shared-context pass keeps.
-TAIL_POSITION_BUDGET = 512
 # Padded tokens per prefill pass of the greedy loop, and the columns the cache grows by.
 PREFILL_TOKEN_BUDGET = 4096
 CACHE_GROWTH = 128
@@ -656,34 +655,27 @@ class HFBackend:
         """Sum of log-probs of each continuation given its context, and whether every
         continuation token is the greedy one.
 
-        Two ways in, both exact: (1) every one-token continuation (tinyMMLU's " A".."D")
-        needs only the context's last position, so all choices of a question share one
-        row; (2) multi-token continuations that share a context (ARC, HellaSwag, PIQA)
-        encode the context once, copy its KV cache per choice and run only the
-        continuation tokens. What fits neither (a lone request, or one too long for the
-        window) is one full row, as lm-eval computes it.
+        Requests are packed (see ``_loglikelihood_packed``): every distinct prefix --
+        a question's context shared by its choices, a few-shot block shared by the
+        questions of one subject -- runs through the model once, with no padding.
+        A request too long for the window (its context is cut on the left, as lm-eval
+        does) is one full row of its own.
         """
         pairs = [self.split_pair(r.context, r.continuation) for r in requests]
         results: list[LoglikelihoodResult | None] = [None] * len(requests)
-        shared: dict[tuple[int, ...], list[int]] = {}
+        packed: list[int] = []
         rows_for: list[int] = []
         for index, (context_ids, cont_ids) in enumerate(pairs):
             if not cont_ids:
                 results[index] = LoglikelihoodResult(0.0, True, 0, error="empty continuation")
-            elif len(cont_ids) > 1 and len(context_ids) + len(cont_ids) <= self.max_length:
-                shared.setdefault(tuple(context_ids), []).append(index)
+            elif len(context_ids) + len(cont_ids) - 1 <= self._packing_depth:
+                packed.append(index)
             else:
                 rows_for.append(index)
-        groups = []
-        for context, members in shared.items():
-            if len(members) > 1:
-                groups.append((list(context), members))
-            else:
-                rows_for.extend(members)
         for index, result in self._loglikelihood_rows([pairs[i] for i in rows_for]):
             results[rows_for[index]] = result
-        for index, result in self._loglikelihood_shared(groups, pairs):
-            results[index] = result
+        for index, result in self._loglikelihood_packed([pairs[i] for i in packed]):
+            results[packed[index]] = result
         return [r for r in results if r is not None]
 
     def _loglikelihood_rows(self, pairs: list[tuple[list[int], list[int]]]):
@@ -717,74 +709,80 @@ class HFBackend:
         parameters = inspect.signature(type(model).forward).parameters
         return "cache" if "cache" in parameters else "past_key_values"
 
-    @staticmethod
-    def _split_by_tail_cost(batches, groups, pairs):
-        """Cap continuation positions per pass: each costs a full-vocabulary row of
-        logits (49k floats for SmolLM2), so 512 positions is ~100 MB."""
-        for batch in batches:
-            current, cost = [], 0
-            for g in batch:
-                members = groups[g][1]
-                extra = len(members) * max(len(pairs[m][1]) - 1 for m in members)
-                if current and cost + extra > TAIL_POSITION_BUDGET:
-                    yield current
-                    current, cost = [], 0
-                current.append(g)
-                cost += extra
-            if current:
-                yield current
+    @property
+    def _packing_depth(self) -> int:
+        """Longest sequence a packed row may hold: the position window, or the sliding
+        window where a model has one (a custom mask replaces transformers' own, so the
+        window must never bind); 0 where the attention kernel takes no custom mask."""
+        config = self.model.config
+        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+            return 0
+        window = getattr(config, "sliding_window", None)
+        if isinstance(window, int) and window > 0:
+            return min(self.max_length, window)
+        return self.max_length
+
+    @property
+    def _pack_tokens(self) -> int:
+        """Tokens per packed row. Attention over a row costs ~row/(6 x hidden size) of
+        the linear layers per token, so rows near the hidden size keep it a small
+        share; GPUs want longer rows to stay busy."""
+        hidden = int(getattr(self.model.config, "hidden_size", 1024) or 1024)
+        floor, ceiling = (2048, 8192) if self.device == "cuda" else (512, 2048)
+        return max(floor, min(ceiling, hidden))
 
     @torch.inference_mode()
-    def _loglikelihood_shared(self, groups, pairs):
-        """Contexts once (left-padded, cached), then every continuation from a copy of
-        its context's cache (right-padded: pads after real tokens cannot touch them)."""
-        lengths = [len(context) for context, _ in groups]
-        size = self.spec.generation.batch_size
-        size = size if isinstance(size, int) else 64
-        for batch in self._split_by_tail_cost(
-            length_sorted_batches(lengths, size, LOGLIK_TOKEN_BUDGET), groups, pairs
-        ):
+    def _loglikelihood_packed(self, pairs: list[tuple[list[int], list[int]]]):
+        """Every request's input (context + continuation minus its last token) goes into
+        a prefix tree; a tree is laid out in one row in depth-first order, each token
+        attending to its ancestors only and positioned at its depth. A shared prefix is
+        then computed once, no row is padded, and only the positions that predict a
+        continuation token go through the LM head. Exact: each token sees precisely
+        its own sequence, as in a plain forward."""
+        sequences = [tuple(context + cont[:-1]) for context, cont in pairs]
+        order = sorted(range(len(pairs)), key=lambda i: sequences[i])
+        dtype = self.model.get_input_embeddings().weight.dtype
+        for chunk in _pack_rows(sequences, order, self._pack_tokens):
             started = time.perf_counter()
-            width = max(lengths[g] for g in batch)
-            ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, g in enumerate(batch):
-                ids[row, width - lengths[g] :] = torch.tensor(groups[g][0])
-                mask[row, width - lengths[g] :] = 1
-            out = self.model(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
-                logits_to_keep=1,
-                use_cache=True,
+            tokens, depth, end, scored_nodes = [], [], [], {}
+            path: list[int] = []
+            previous: tuple[int, ...] = ()
+            for i in chunk:  # lexicographic order: the tree's depth-first order
+                sequence = sequences[i]
+                del path[_common_prefix(previous, sequence) :]
+                for token in sequence[len(path) :]:
+                    path.append(len(tokens))
+                    tokens.append(token)
+                    depth.append(len(path) - 1)
+                    end.append(0)
+                for node in path:
+                    end[node] = len(tokens)  # one past the node's last descendant
+                # The context's last token predicts the first continuation token.
+                scored_nodes[i] = path[len(pairs[i][0]) - 1 :]
+                previous = sequence
+            keep = sorted({node for nodes in scored_nodes.values() for node in nodes})
+            row_of = {node: row for row, node in enumerate(keep)}
+            nodes = torch.arange(len(tokens))
+            # Query i sees key j when j is i or an ancestor: j <= i < end[j].
+            visible = (nodes[None, :] <= nodes[:, None]) & (
+                nodes[:, None] < torch.tensor(end)[None, :]
             )
-            first = F.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
-            owners = [(row, member) for row, g in enumerate(batch) for member in groups[g][1]]
-            tails = [pairs[member][1][:-1] for _, member in owners]
-            tail_width = max(len(t) for t in tails)
-            cache = getattr(out, "cache", None) or out.past_key_values
-            cache.batch_select_indices(torch.tensor([row for row, _ in owners], device=self.device))
-            tail_ids = torch.full((len(owners), tail_width), self.tokenizer.pad_token_id)
-            tail_mask = torch.zeros((len(owners), tail_width), dtype=torch.long)
-            for r, tail in enumerate(tails):
-                tail_ids[r, : len(tail)] = torch.tensor(tail)
-                tail_mask[r, : len(tail)] = 1
-            starts = torch.tensor([lengths[batch[row]] for row, _ in owners])
-            rest = self.model(
-                input_ids=tail_ids.to(self.device),
-                attention_mask=torch.cat([mask[[row for row, _ in owners]], tail_mask], 1).to(
-                    self.device
-                ),
-                position_ids=(starts[:, None] + torch.arange(tail_width)[None]).to(self.device),
-                **{self._cache_argument: cache},
-                use_cache=True,
-            ).logits
-            rest = F.log_softmax(rest.float(), dim=-1).cpu()
+            mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(
+                ~visible, torch.finfo(dtype).min
+            )
+            logits = self.model(
+                input_ids=torch.tensor([tokens], device=self.device),
+                position_ids=torch.tensor([depth], device=self.device),
+                attention_mask=mask[None, None].to(self.device),
+                logits_to_keep=torch.tensor(keep, device=self.device),
+                use_cache=False,
+            ).logits[0]
+            log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
             seconds = time.perf_counter() - started
-            for r, (row, member) in enumerate(owners):
-                context_ids, cont_ids = pairs[member]
-                scored = torch.cat([first[row : row + 1], rest[r, : len(cont_ids) - 1]])
-                yield member, _pick(scored, cont_ids, len(context_ids), seconds, len(owners))
+            for i in chunk:
+                context_ids, cont_ids = pairs[i]
+                rows = log_probs[[row_of[node] for node in scored_nodes[i]]]
+                yield i, _pick(rows, cont_ids, len(context_ids), seconds, len(chunk))
 
     @torch.inference_mode()
     def _score_rows(
@@ -854,6 +852,34 @@ class HFBackend:
                 RollingResult(total, len(tokens), batch_seconds=time.perf_counter() - started)
             )
         return results
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _pack_rows(sequences: list[tuple[int, ...]], order: list[int], budget: int):
+    """Runs of ``order`` (lexicographically sorted) whose prefix tree has at most
+    ``budget`` nodes; in sorted order a sequence adds its length minus the prefix it
+    shares with the one before. A sequence longer than the budget is a row alone (with
+    the sequences that add nothing to it)."""
+    chunk: list[int] = []
+    size = 0
+    for i in order:
+        new = len(sequences[i])
+        if chunk:
+            new -= _common_prefix(sequences[chunk[-1]], sequences[i])
+            if new and size + new > budget:
+                yield chunk
+                chunk, size, new = [], 0, len(sequences[i])
+        chunk.append(i)
+        size += new
+    if chunk:
+        yield chunk
 
 
 def _pick(

@@ -79,30 +79,100 @@ def test_the_space_belongs_to_the_continuation(embedded_backend):
     assert embedded_backend.tokenizer.decode(context_ids) == "Answer:"
 
 
-def test_shared_context_cache_equals_full_rows(embedded_backend):
-    """Multi-token choices of several questions (contexts of different lengths, so the
-    shared-context pass is left-padded) equal one full forward per request."""
-    backend = embedded_backend
-    questions = {
-        "Question: What do bees make?\nAnswer:": [" honey from nectar", " paper wasps", " milk"],
-        "Question: Which is the largest ocean on Earth, by area and by volume?\nAnswer:": [
-            " the Pacific Ocean",
-            " the Atlantic Ocean",
-            " the small Arctic Ocean",
-            " Lake Superior",
-        ],
-    }
-    requests = [LoglikelihoodRequest(c, k) for c, ks in questions.items() for k in ks]
-    assert sum(len(backend.split_pair(r.context, r.continuation)[1]) > 1 for r in requests) >= 5
-    together = backend.loglikelihood(requests)
+# Several questions sharing a few-shot block, choices that are prefixes of one another,
+# a one-token choice, and contexts of different lengths.
+SHOTS = "Question: What colour is the sky?\nAnswer: blue\n\n"
+PACKED_QUESTIONS = {
+    SHOTS + "Question: What do bees make?\nAnswer:": [" honey", " honey from nectar", " milk"],
+    SHOTS + "Question: Which is the largest ocean on Earth, by area and by volume?\nAnswer:": [
+        " the Pacific",
+        " the Pacific Ocean",
+        " the small Arctic Ocean",
+        " Lake Superior",
+    ],
+    "Question: What do bees make?\nAnswer:": [" honey", " wax and honey"],
+}
+
+
+def _full_rows(backend, requests):
+    """lm-eval's way: one plain row per request (the backend's fallback path)."""
     rows = dict(
         backend._loglikelihood_rows(
             [backend.split_pair(r.context, r.continuation) for r in requests]
         )
     )
-    for index, (shared, full) in enumerate(
-        zip(together, [rows[i] for i in range(len(requests))], strict=True)
-    ):
-        assert abs(shared.logprob - full.logprob) < 1e-4, requests[index]
-        assert shared.is_greedy == full.is_greedy
-        assert shared.continuation_tokens == full.continuation_tokens
+    return [rows[i] for i in range(len(requests))]
+
+
+def _assert_same(got, expected, requests):
+    for request, a, b in zip(requests, got, expected, strict=True):
+        assert abs(a.logprob - b.logprob) < 1e-4, request
+        assert a.is_greedy == b.is_greedy, request
+        assert a.continuation_tokens == b.continuation_tokens
+        assert a.context_tokens == b.context_tokens
+
+
+@pytest.mark.parametrize("pack_tokens", [None, 24])
+def test_packed_rows_equal_full_rows(embedded_backend, monkeypatch, pack_tokens):
+    """Packing (shared prefixes once, tree attention, no padding) equals one full
+    forward per request, with the default row size and with rows so small that
+    questions and even one question's choices are split across rows."""
+    backend = embedded_backend
+    requests = [LoglikelihoodRequest(c, k) for c, ks in PACKED_QUESTIONS.items() for k in ks]
+    expected = _full_rows(backend, requests)
+    if pack_tokens is not None:
+        monkeypatch.setattr(type(backend), "_pack_tokens", pack_tokens)
+    seen = []
+    packed = type(backend)._loglikelihood_packed
+
+    def spy(self, pairs):
+        for index, result in packed(self, pairs):
+            seen.append(result.batch_size)
+            yield index, result
+
+    monkeypatch.setattr(type(backend), "_loglikelihood_packed", spy)
+    _assert_same(backend.loglikelihood(requests), expected, requests)
+    assert len(seen) == len(requests)  # every request went through the packed path
+    if pack_tokens is not None:
+        assert max(seen) < len(requests)  # ... in several rows
+
+
+def test_packing_shares_prefixes_and_pads_nothing():
+    from gpu_worker.backends.hf import _pack_rows
+
+    sequences = [(1, 2, 3, 4), (1, 2, 3, 5), (1, 2, 3, 5), (1, 2), (9, 9, 9, 9, 9, 9), (7,)]
+    order = sorted(range(len(sequences)), key=lambda i: sequences[i])
+    # The tree of the first four has 5 nodes (1 2 3 4, 5); a row of 5 holds them all,
+    # the duplicate and the prefix (1, 2) adding nothing.
+    assert list(_pack_rows(sequences, order, 5)) == [[3, 0, 1, 2], [5], [4]]
+    # A sequence longer than the row is a row of its own, with those adding nothing
+    # to it (its duplicate).
+    assert list(_pack_rows(sequences, order, 3)) == [[3], [0], [1, 2], [5], [4]]
+
+
+def test_packing_depth_follows_the_attention_kernel_and_window(embedded_backend, monkeypatch):
+    backend = embedded_backend
+    config = backend.model.config
+    assert backend._packing_depth == backend.max_length  # sdpa, no sliding window
+    with monkeypatch.context() as patch:
+        # A kernel that takes no custom mask: nothing is packed.
+        patch.setattr(config, "_attn_implementation_internal", "flash_attention_2")
+        assert backend._packing_depth == 0
+    monkeypatch.setattr(config, "sliding_window", 8, raising=False)
+    assert backend._packing_depth == 8
+
+
+def test_what_cannot_be_packed_runs_as_full_rows(embedded_backend, monkeypatch):
+    """Sequences longer than a sliding window (8 tokens here) fall back to one full
+    row per request, with the same numbers."""
+    backend = embedded_backend
+    requests = [LoglikelihoodRequest(c, k) for c, ks in PACKED_QUESTIONS.items() for k in ks]
+    expected = _full_rows(backend, requests)
+    monkeypatch.setattr(backend.model.config, "sliding_window", 8, raising=False)
+
+    def refuse(self, pairs):
+        assert not pairs, "nothing here fits a window of 8 tokens"
+        yield from ()
+
+    monkeypatch.setattr(type(backend), "_loglikelihood_packed", refuse)
+    _assert_same(backend.loglikelihood(requests), expected, requests)
