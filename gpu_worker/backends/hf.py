@@ -777,6 +777,8 @@ class HFBackend:
                 logits_to_keep=torch.tensor(keep, device=self.device),
                 use_cache=False,
             ).logits[0]
+            if logits.shape[0] != len(keep):  # a forward that ignores logits_to_keep
+                logits = logits[keep]
             log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
             seconds = time.perf_counter() - started
             for i in chunk:
@@ -810,7 +812,7 @@ class HFBackend:
                 position_ids=positions.to(self.device),
                 logits_to_keep=k,
                 use_cache=False,
-            ).logits
+            ).logits[:, -k:]  # also where a forward ignores logits_to_keep
             log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
             seconds = time.perf_counter() - started
             for row, index in enumerate(batch):

@@ -176,3 +176,32 @@ def test_what_cannot_be_packed_runs_as_full_rows(embedded_backend, monkeypatch):
 
     monkeypatch.setattr(type(backend), "_loglikelihood_packed", refuse)
     _assert_same(backend.loglikelihood(requests), expected, requests)
+
+
+class _IgnoresLogitsToKeep:
+    """A model whose forward takes logits_to_keep but returns every position's logits
+    (remote-code models, older forwards that sink unknown kwargs)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, *args, logits_to_keep=0, **kwargs):
+        return self._model(*args, **kwargs)
+
+
+def test_a_forward_that_ignores_logits_to_keep_gives_the_same_numbers(
+    embedded_backend, monkeypatch
+):
+    from gpu_worker.backends import RollingRequest
+
+    backend = embedded_backend
+    requests = [LoglikelihoodRequest(c, k) for c, ks in PACKED_QUESTIONS.items() for k in ks]
+    rolling = [RollingRequest("The quick brown fox jumps over the lazy dog. " * 3, 16, 8)]
+    expected = backend.loglikelihood(requests), backend.loglikelihood_rolling(rolling)
+    monkeypatch.setattr(backend, "model", _IgnoresLogitsToKeep(backend.model))
+    _assert_same(backend.loglikelihood(requests), expected[0], requests)
+    (got,) = backend.loglikelihood_rolling(rolling)
+    assert abs(got.logprob - expected[1][0].logprob) < 1e-4
