@@ -312,8 +312,18 @@ def _telemetry(store: Store, refs: list[ShardRef]) -> dict[str, Any]:
         sizes = (
             table.column("batch_size").to_pylist() if "batch_size" in names else [1] * len(share)
         )
-        # Each row carries its batch's wall time; a row's share is time / batch size.
-        seconds += sum(s / max(1, n) for s, n in zip(share, sizes, strict=True) if s is not None)
+        # Each row carries its batch's wall time and the requests the batch held; a row
+        # is one request, or one per choice, and its share is time x its requests / size.
+        requests = (
+            [len(c or ()) or 1 for c in table.column("choices").to_pylist()]
+            if "choices" in names
+            else [1] * len(share)
+        )
+        seconds += sum(
+            s * k / max(1, n)
+            for s, n, k in zip(share, sizes, requests, strict=True)
+            if s is not None
+        )
         if "generated_tokens" in names:
             tokens += sum(v or 0 for v in table.column("generated_tokens").to_pylist())
         if "prompt_tokens" in names:

@@ -58,6 +58,8 @@ LOGLIKELIHOODS = pa.schema(
         pa.field("continuation_tokens", pa.list_(pa.int32())),
         pa.field("prompt_tokens", pa.int32()),
         pa.field("gold", pa.int32(), nullable=True),
+        # Wall time of the forward pass(es) that scored this row, and how many requests
+        # (one per choice, over every sample) that pass held.
         pa.field("batch_seconds", pa.float64()),
         pa.field("batch_size", pa.int32()),
         pa.field("doc", pa.string()),

@@ -696,11 +696,15 @@ class HFBackend:
             row_keep[row] = max(row_keep[row], len(cont_ids))
             plans.append((row, cont_ids, len(context_ids)))
         row_logprobs = self._score_rows(row_inputs, row_keep)
+        # batch_size counts the requests a forward served (rows are shared).
+        served: dict[int, int] = {}
+        for row, _, _ in plans:
+            served[row_logprobs[row][2]] = served.get(row_logprobs[row][2], 0) + 1
         for index, (row, cont_ids, context_len) in enumerate(plans):
-            log_probs, seconds, size = row_logprobs[row]
+            log_probs, seconds, batch = row_logprobs[row]
             # The last positions predict the continuation.
             scored = log_probs[-len(cont_ids) :]
-            yield index, _pick(scored, cont_ids, context_len, seconds, size)
+            yield index, _pick(scored, cont_ids, context_len, seconds, served[batch])
 
     @property
     def _cache_argument(self) -> str:
@@ -790,12 +794,13 @@ class HFBackend:
     def _score_rows(
         self, inputs: list[list[int]], keep: list[int]
     ) -> list[tuple[torch.Tensor, float, int]]:
-        """Log-softmax over the last keep[i] positions of each input, left-padded batches."""
+        """Log-softmax over the last keep[i] positions of each input, left-padded
+        batches; with each, the batch's wall time and its number."""
         out: list[tuple[torch.Tensor, float, int] | None] = [None] * len(inputs)
         lengths = [len(x) for x in inputs]
         size = self.spec.generation.batch_size
         size = size if isinstance(size, int) else 64
-        for batch in length_sorted_batches(lengths, size, LOGLIK_TOKEN_BUDGET):
+        for number, batch in enumerate(length_sorted_batches(lengths, size, LOGLIK_TOKEN_BUDGET)):
             width = max(lengths[i] for i in batch)
             k = max(keep[i] for i in batch)
             ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -816,7 +821,7 @@ class HFBackend:
             log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
             seconds = time.perf_counter() - started
             for row, index in enumerate(batch):
-                out[index] = (log_probs[row, k - keep[index] :], seconds, len(batch))
+                out[index] = (log_probs[row, k - keep[index] :], seconds, number)
         return [o for o in out if o is not None]
 
     def loglikelihood_rolling(self, requests: list[RollingRequest]) -> list[RollingResult]:
