@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Padded tokens per log-likelihood forward pass; bounds activation memory on CPU.
 LOGLIK_TOKEN_BUDGET = 8192
+# Longest sequence packed (its row's mask is length^2: 8192 tokens -> 256 MB in fp32);
+# longer ones run as plain causal rows.
+PACK_DEPTH_LIMIT = 8192
 # Padded tokens per prefill pass of the greedy loop, and the columns the cache grows by.
 PREFILL_TOKEN_BUDGET = 4096
 CACHE_GROWTH = 128
@@ -717,14 +720,16 @@ class HFBackend:
     def _packing_depth(self) -> int:
         """Longest sequence a packed row may hold: the position window, or the sliding
         window where a model has one (a custom mask replaces transformers' own, so the
-        window must never bind); 0 where the attention kernel takes no custom mask."""
+        window must never bind), and at most PACK_DEPTH_LIMIT (the mask is row x row);
+        0 where the attention kernel takes no custom mask."""
         config = self.model.config
         if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
             return 0
+        depth = min(self.max_length, PACK_DEPTH_LIMIT)
         window = getattr(config, "sliding_window", None)
         if isinstance(window, int) and window > 0:
-            return min(self.max_length, window)
-        return self.max_length
+            return min(depth, window)
+        return depth
 
     @property
     def _pack_tokens(self) -> int:
@@ -766,18 +771,19 @@ class HFBackend:
                 previous = sequence
             keep = sorted({node for nodes in scored_nodes.values() for node in nodes})
             row_of = {node: row for row, node in enumerate(keep)}
-            nodes = torch.arange(len(tokens))
+            nodes = torch.arange(len(tokens), device=self.device)
+            ends = torch.tensor(end, device=self.device)
             # Query i sees key j when j is i or an ancestor: j <= i < end[j].
-            visible = (nodes[None, :] <= nodes[:, None]) & (
-                nodes[:, None] < torch.tensor(end)[None, :]
+            visible = (nodes[None, :] <= nodes[:, None]) & (nodes[:, None] < ends[None, :])
+            mask = torch.full(
+                visible.shape, torch.finfo(dtype).min, dtype=dtype, device=self.device
             )
-            mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(
-                ~visible, torch.finfo(dtype).min
-            )
+            mask.masked_fill_(visible, 0.0)
+            del visible
             logits = self.model(
                 input_ids=torch.tensor([tokens], device=self.device),
                 position_ids=torch.tensor([depth], device=self.device),
-                attention_mask=mask[None, None].to(self.device),
+                attention_mask=mask[None, None],
                 logits_to_keep=torch.tensor(keep, device=self.device),
                 use_cache=False,
             ).logits[0]

@@ -153,7 +153,13 @@ def test_packing_shares_prefixes_and_pads_nothing():
 def test_packing_depth_follows_the_attention_kernel_and_window(embedded_backend, monkeypatch):
     backend = embedded_backend
     config = backend.model.config
-    assert backend._packing_depth == backend.max_length  # sdpa, no sliding window
+    from gpu_worker.backends import hf
+
+    # sdpa, no sliding window: the model's window, capped (the mask is length^2)
+    assert backend._packing_depth == min(backend.max_length, hf.PACK_DEPTH_LIMIT)
+    with monkeypatch.context() as patch:
+        patch.setattr(hf, "PACK_DEPTH_LIMIT", 100)
+        assert backend._packing_depth == 100
     with monkeypatch.context() as patch:
         # A kernel that takes no custom mask: nothing is packed.
         patch.setattr(config, "_attn_implementation_internal", "flash_attention_2")
