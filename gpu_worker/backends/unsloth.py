@@ -51,6 +51,10 @@ def create(spec: RunSpec) -> Any:
 
     class UnslothBackend(HFBackend):
         name = "unsloth"
+        # unsloth replaces the attention forward with its own kernels, which may build
+        # their own causal mask: a packed row's tree mask is not known to survive that
+        # (no GPU has checked it), so every request is a plain row, as lm-eval runs it.
+        _packing_depth = 0
 
         def _load_model(self, path: str) -> Any:
             import torch
