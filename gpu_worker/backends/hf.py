@@ -15,6 +15,7 @@ import inspect
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -404,8 +405,7 @@ class HFBackend:
             prefix = []
             if self.has_chat_template():
                 a, b = (self.encode(self.render(text, True)) for text in ("a", "b"))
-                while len(prefix) < min(len(a), len(b)) and a[len(prefix)] == b[len(prefix)]:
-                    prefix.append(a[len(prefix)])
+                prefix = a[: _common_prefix(a, b)]
             self.__dict__["_template_prefix"] = prefix
         shared = len(prefix)
         if self.precision not in DTYPES:
@@ -867,7 +867,8 @@ class HFBackend:
         return results
 
 
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:
