@@ -15,6 +15,7 @@ import inspect
 import logging
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -700,9 +701,7 @@ class HFBackend:
             plans.append((row, cont_ids, len(context_ids)))
         row_logprobs = self._score_rows(row_inputs, row_keep)
         # batch_size counts the requests a forward served (rows are shared).
-        served: dict[int, int] = {}
-        for row, _, _ in plans:
-            served[row_logprobs[row][2]] = served.get(row_logprobs[row][2], 0) + 1
+        served = Counter(row_logprobs[row][2] for row, _, _ in plans)
         for index, (row, cont_ids, context_len) in enumerate(plans):
             log_probs, seconds, batch = row_logprobs[row]
             # The last positions predict the continuation.
@@ -749,16 +748,14 @@ class HFBackend:
         continuation token go through the LM head. Exact: each token sees precisely
         its own sequence, as in a plain forward."""
         sequences = [tuple(context + cont[:-1]) for context, cont in pairs]
-        order = sorted(range(len(pairs)), key=lambda i: sequences[i])
         dtype = self.model.get_input_embeddings().weight.dtype
-        for chunk in _pack_rows(sequences, order, self._pack_tokens):
+        for chunk in _pack_rows(sequences, self._pack_tokens):
             started = time.perf_counter()
             tokens, depth, end, scored_nodes = [], [], [], {}
-            path: list[int] = []
-            previous: tuple[int, ...] = ()
-            for i in chunk:  # lexicographic order: the tree's depth-first order
+            path: list[int] = []  # tree nodes of the sequence before
+            for i, shared in chunk:  # depth-first order: keep the shared part of the path
                 sequence = sequences[i]
-                del path[_common_prefix(previous, sequence) :]
+                del path[shared:]
                 for token in sequence[len(path) :]:
                     path.append(len(tokens))
                     tokens.append(token)
@@ -768,7 +765,6 @@ class HFBackend:
                     end[node] = len(tokens)  # one past the node's last descendant
                 # The context's last token predicts the first continuation token.
                 scored_nodes[i] = path[len(pairs[i][0]) - 1 :]
-                previous = sequence
             keep = sorted({node for nodes in scored_nodes.values() for node in nodes})
             row_of = {node: row for row, node in enumerate(keep)}
             nodes = torch.arange(len(tokens), device=self.device)
@@ -791,7 +787,7 @@ class HFBackend:
                 logits = logits[keep]
             log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
             seconds = time.perf_counter() - started
-            for i in chunk:
+            for i, _ in chunk:
                 context_ids, cont_ids = pairs[i]
                 rows = log_probs[[row_of[node] for node in scored_nodes[i]]]
                 yield i, _pick(rows, cont_ids, len(context_ids), seconds, len(chunk))
@@ -876,24 +872,24 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _pack_rows(sequences: list[tuple[int, ...]], order: list[int], budget: int):
-    """Runs of ``order`` (lexicographically sorted) whose prefix tree has at most
-    ``budget`` nodes; in sorted order a sequence adds its length minus the prefix it
-    shares with the one before. A sequence longer than the budget is a row alone (with
-    the sequences that add nothing to it)."""
-    chunk: list[int] = []
+def _pack_rows(sequences: list[tuple[int, ...]], budget: int):
+    """Rows of ``(index, shared)``: the sequences in lexicographic order (the depth-first
+    order of their prefix tree), cut where a row's tree would pass ``budget`` nodes,
+    each with the tokens it shares with the one before it in its row; a sequence adds
+    its length minus that to its row's tree. A sequence longer than the budget is a
+    row alone (with the sequences that add nothing to it)."""
+    row: list[tuple[int, int]] = []
     size = 0
-    for i in order:
-        new = len(sequences[i])
-        if chunk:
-            new -= _common_prefix(sequences[chunk[-1]], sequences[i])
-            if new and size + new > budget:
-                yield chunk
-                chunk, size, new = [], 0, len(sequences[i])
-        chunk.append(i)
+    for i in sorted(range(len(sequences)), key=sequences.__getitem__):
+        shared = _common_prefix(sequences[row[-1][0]], sequences[i]) if row else 0
+        new = len(sequences[i]) - shared
+        if new and row and size + new > budget:
+            yield row
+            row, size, shared, new = [], 0, 0, len(sequences[i])
+        row.append((i, shared))
         size += new
-    if chunk:
-        yield chunk
+    if row:
+        yield row
 
 
 def _pick(

@@ -141,13 +141,19 @@ def test_packing_shares_prefixes_and_pads_nothing():
     from gpu_worker.backends.hf import _pack_rows
 
     sequences = [(1, 2, 3, 4), (1, 2, 3, 5), (1, 2, 3, 5), (1, 2), (9, 9, 9, 9, 9, 9), (7,)]
-    order = sorted(range(len(sequences)), key=lambda i: sequences[i])
+
+    def rows(budget):
+        return [[i for i, _ in row] for row in _pack_rows(sequences, budget)]
+
     # The tree of the first four has 5 nodes (1 2 3 4, 5); a row of 5 holds them all,
     # the duplicate and the prefix (1, 2) adding nothing.
-    assert list(_pack_rows(sequences, order, 5)) == [[3, 0, 1, 2], [5], [4]]
+    assert rows(5) == [[3, 0, 1, 2], [5], [4]]
+    # Each comes with the tokens it shares with the one before it in its row.
+    assert next(_pack_rows(sequences, 5)) == [(3, 0), (0, 2), (1, 3), (2, 4)]
     # A sequence longer than the row is a row of its own, with those adding nothing
     # to it (its duplicate).
-    assert list(_pack_rows(sequences, order, 3)) == [[3], [0], [1, 2], [5], [4]]
+    assert rows(3) == [[3], [0], [1, 2], [5], [4]]
+    assert list(_pack_rows(sequences, 3))[2] == [(1, 0), (2, 4)]
 
 
 def test_packing_depth_follows_the_attention_kernel_and_window(embedded_backend, monkeypatch):
