@@ -39,6 +39,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _venv
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data" / "ifeval"
 BENCH_VENV = REPO / ".venv-bench"
@@ -65,20 +67,6 @@ WARM_UP = {
         {"num_words": 1, "relation": "at least"},
     ],
 }
-
-
-def bench_python() -> Path:
-    """The bench environment's python, creating the environment on first use."""
-    python = BENCH_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import lm_eval, nltk, langdetect, immutabledict, punkt"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    print(f"creating {BENCH_VENV} for the reference (one time)", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, "--no-deps", "lm-eval==0.4.13"], check=True)
-    subprocess.run([*pip, *REFERENCE_PACKAGES], check=True)
-    return python
 
 
 class TreeMemory:
@@ -296,7 +284,12 @@ def main() -> int:
     if not (data / "parity" / "responses.jsonl").exists():
         raise SystemExit(f"no parity set under {data}; pass --data")
 
-    reference_python = bench_python()
+    reference_python = _venv.reference_python(
+        BENCH_VENV,
+        "import lm_eval, nltk, langdetect, immutabledict, punkt",
+        ["--no-deps", "lm-eval==0.4.13"],
+        REFERENCE_PACKAGES,
+    )
     workers = ["--workers", str(args.workers)] if args.workers else []
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     reference, tandem, cli = Side("reference"), Side("tandem"), Side("tandem CLI")

@@ -32,10 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import _venv
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data"
 BENCH_VENV = REPO / ".venv-mcbench"
-TORCH = "torch==2.13.0"
 LM_EVAL = "lm-eval==0.4.13"
 SHARD = 32  # samples per loglikelihood call on the tandem side: the spec's default shard_size
 
@@ -60,25 +61,6 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
-
-
-def bench_python() -> Path:
-    """The reference environment's python, created on first use."""
-    python = BENCH_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import lm_eval, torch, transformers"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    print(f"creating {BENCH_VENV} for lm-eval (one time)", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, TORCH], check=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as pin:
-        pin.write(TORCH + "\n")  # keep pip from swapping in a multi-GB CUDA torch
-    try:
-        subprocess.run([*pip, "-c", pin.name, LM_EVAL], check=True)
-    finally:
-        os.unlink(pin.name)
-    return python
 
 
 def _cpu_seconds() -> float:
@@ -226,7 +208,11 @@ def main() -> int:
     common = ["--items", str(args.items), "--batch-size", str(args.batch_size)]
     common += ["--data", str(args.data), "--threads", str(threads)]
     script = str(Path(__file__).resolve())
-    reference_python = str(bench_python())
+    reference_python = str(
+        _venv.reference_python(
+            BENCH_VENV, "import lm_eval, torch, transformers", [_venv.TORCH], [LM_EVAL]
+        )
+    )
     tandem_command = [sys.executable, script, "--side", "tandem", "--shard", str(args.shard)]
     tandem_command += common
     reference_command = [reference_python, script, "--side", "lm-eval", "--model-dir", model_dir]
