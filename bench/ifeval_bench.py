@@ -39,8 +39,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import _venv
-
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data" / "ifeval"
 BENCH_VENV = REPO / ".venv-bench"
@@ -283,6 +281,8 @@ def main() -> int:
         return 0
     if not (data / "parity" / "responses.jsonl").exists():
         raise SystemExit(f"no parity set under {data}; pass --data")
+
+    import _venv  # beside this script; here, so importing the module needs no path
 
     reference_python = _venv.reference_python(
         BENCH_VENV,

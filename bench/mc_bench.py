@@ -32,8 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import _venv
-
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data"
 BENCH_VENV = REPO / ".venv-mcbench"
@@ -208,6 +206,8 @@ def main() -> int:
     common = ["--items", str(args.items), "--batch-size", str(args.batch_size)]
     common += ["--data", str(args.data), "--threads", str(threads)]
     script = str(Path(__file__).resolve())
+    import _venv  # beside this script; here, so importing the module needs no path
+
     reference_python = str(
         _venv.reference_python(
             BENCH_VENV, "import lm_eval, torch, transformers", [_venv.TORCH], [LM_EVAL]
