@@ -2,12 +2,15 @@
 
 Samples are read with pyarrow, shard by shard: a score shard has the name and the row
 order of its generation shard, so the two are put side by side without a join. A task
-index (which shard and row holds each sample, and whether it passed) is built from a
-few small columns and cached under the exact list of shard names it was built from (a
-new shard changes the list, and so the key); a page then reads only the one or two
-shards it shows. Shards are immutable, so whole shards are cached too. Listing a
-task's folders is all a warm request costs: a page of a 10,000-sample run answers in a
-few milliseconds warm and well under 100 ms cold.
+index (which shard and row holds each sample, its id, and whether it passed) is built
+from a few small columns and cached under the stamps (size and mtime) of the exact
+files it was built from: a new, removed or rewritten shard changes the key. A page then
+reads only the one or two shards it shows; compare reads only the index and, for the
+samples that flipped, a few small columns.
+
+Whether a sample passed is its task scorer's pass metric equal to 1 (IFEval: every
+instruction, strict; multiple choice: acc); a task without one (perplexity) has no
+pass/fail.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
+from cpu_scorer.scorers import SCORERS
 from shared.errors import TandemError
+from shared.records import RunRecord
+from shared.schema import SCORES as SCORES_SCHEMA
 from shared.schema import schema_of, upgrade
-from shared.store import ShardRef, Store
+from shared.store import GENERATIONS, RUN_RECORD, SCORES, FileStamp, ShardRef, Store, TaskState
+from shared.tasks import TASKS
 
 # Generation columns worth showing next to the verdicts; whichever exist are kept.
 GENERATION_COLUMNS = (
@@ -72,105 +77,119 @@ class RunNotFound(TandemError):
     """The run (or the task in it) is not in the store."""
 
 
-def require_run(store: Store, run_id: str) -> dict[str, Any]:
-    path = store.run_path(run_id, "run.json")
+class Damaged(TandemError):
+    """A file of the run cannot be read (a damaged record or shard); the API answers 503
+    and a scorer repairs what it can (a damaged score shard is scored again)."""
+
+
+def pass_metric(task: str) -> str | None:
+    """The per-sample metric whose value 1 means the sample passed, for ``task``."""
+    definition = TASKS.get(task)
+    scorer = SCORERS.get(definition.scorer) if definition else None
+    return scorer.pass_metric if scorer else None
+
+
+def require_run(store: Store, run_id: str) -> RunRecord:
+    """The run's record; RunNotFound when there is no run, Damaged when it is unusable."""
+    path = store.run_path(run_id, RUN_RECORD)
     if not store.exists(path):
         raise RunNotFound(f"no run {run_id!r} in this store")
-    return store.read_json(path)
+    try:
+        return store.run_record(run_id)
+    except TandemError as error:
+        raise Damaged(f"run {run_id!r} cannot be read: {error}") from error
 
 
-def task_shards(store: Store, run_id: str, task: str) -> tuple[list[ShardRef], set[str]]:
-    """Generation shards of a task and the names of those already scored."""
-    generated = store.list_shards(run_id, "generations", task)
-    scored = {r.name for r in store.list_shards(run_id, "scores", task)}
-    return generated, scored
-
-
-def _passed(scores: pa.Table) -> pa.Array:
-    """Per row: did the sample pass? IFEval: every instruction (strict). Multiple
-    choice: acc == 1. Otherwise (perplexity) there is no pass/fail: null."""
-    verdicts: list[bool | None] = []
-    strict = scores.column("inst_level_strict").to_pylist()
-    acc = pc.map_lookup(scores.column("metrics"), pa.scalar("acc"), "first").to_pylist()
+def _passed(scores: pa.Table, metric: str | None) -> pa.Array:
+    """Per row: did the sample pass? An errored row did not; without a pass metric (or
+    a value for it) the answer is null."""
     errors = scores.column("error").to_pylist()
-    for row_strict, row_acc, error in zip(strict, acc, errors, strict=True):
-        if error is not None:
-            verdicts.append(False)
-        elif row_strict is not None:
-            verdicts.append(all(row_strict))
-        elif row_acc is not None:
-            verdicts.append(row_acc == 1.0)
+    if metric is None:
+        values: list[Any] = [None] * len(errors)
+    else:
+        values = pc.map_lookup(scores.column("metrics"), pa.scalar(metric), "first").to_pylist()
+    return pa.array(
+        [
+            False if e is not None else (None if v is None else v == 1.0)
+            for v, e in zip(values, errors, strict=True)
+        ],
+        pa.bool_(),
+    )
+
+
+def _read(store: Store, path: str, columns: list[str] | None = None) -> pa.Table:
+    try:
+        table = store.read_table(path, columns=columns)
+        if columns is None:
+            _, table = upgrade(table)
         else:
-            verdicts.append(None)
-    return pa.array(verdicts, pa.bool_())
+            schema_of(table)  # refuse a file that is not a tandem shard
+        return table
+    except FileNotFoundError:
+        raise
+    except (TandemError, pa.ArrowException, OSError, ValueError) as error:
+        raise Damaged(f"{store.relative(path)} cannot be read: {error}") from error
+
+
+def _read_schema(store: Store, path: str) -> pa.Schema:
+    try:
+        return store.read_schema(path)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise Damaged(f"{store.relative(path)} cannot be read: {error}") from error
 
 
 def shard_samples(store: Store, ref: ShardRef, scored: bool) -> pa.Table:
     """One generation shard with its verdicts beside it (nulls while unscored)."""
-    generation = store.read_table(store.shard_path("generations", ref))
-    _, generation = upgrade(generation)
+    generation = _read(store, store.shard_path(GENERATIONS, ref))
     keep = ["sample_id", *[c for c in GENERATION_COLUMNS if c in generation.column_names]]
     table = generation.select(keep).append_column("gen_error", generation.column("error"))
     rows = table.num_rows
     if scored:
-        _, scores = upgrade(store.read_table(store.shard_path("scores", ref)))
+        scores = _read(store, store.shard_path(SCORES, ref))
         if scores.column("sample_id").to_pylist() != table.column("sample_id").to_pylist():
-            raise TandemError(f"{ref}: score shard rows do not match its generation shard")
+            raise Damaged(f"{ref}: score shard rows do not match its generation shard")
         for name in SCORE_COLUMNS:
             table = table.append_column(name, scores.column(name))
         table = table.append_column("error", scores.column("error"))
-        table = table.append_column("passed", _passed(scores))
+        table = table.append_column("passed", _passed(scores, pass_metric(ref.task)))
     else:
         for name in SCORE_COLUMNS:
-            table = table.append_column(name, pa.nulls(rows, _score_type(name)))
+            table = table.append_column(name, pa.nulls(rows, SCORES_SCHEMA.field(name).type))
         table = table.append_column("error", table.column("gen_error"))
         table = table.append_column("passed", pa.nulls(rows, pa.bool_()))
     return table.append_column("scored", pa.array([scored] * rows, pa.bool_()))
 
 
-def _score_type(name: str) -> pa.DataType:
-    from shared.schema import SCORES
-
-    return SCORES.field(name).type
-
-
 @dataclass(frozen=True)
 class TaskIndex:
-    """Where each sample of a task lives (shard, row) and whether it passed: built from
-    the few small columns needed, so a page reads only the shards it shows."""
+    """Where each sample of a task lives (shard, row), its id and whether it passed:
+    built from the few small columns needed, so a page reads only the shards it shows."""
 
     refs: tuple[ShardRef, ...]
     scored: tuple[bool, ...]
+    sample_id: pa.Array  # string per sample
     shard: pa.Array  # int32 per sample: index into refs
     row: pa.Array  # int32 per sample: row within its shard
     passed: pa.Array  # bool or null per sample
     views: dict[bool | None, pa.Array]  # failed filter -> positions of matching samples
 
 
-def _read_columns(store: Store, path: str, columns: list[str]) -> pa.Table:
-    with store.fs.open_input_file(path) as handle:
-        table = pq.read_table(handle, columns=columns)
-    schema_of(table)  # refuse a file that is not a tandem shard
-    return table
-
-
-def _build_index(store: Store, refs: list[ShardRef], scored: set[str]) -> TaskIndex:
-    shard_ids, rows, passed, flags = [], [], [], []
+def _build_index(store: Store, state: TaskState) -> TaskIndex:
+    refs = state.live
+    metric = pass_metric(state.task)
+    shard_ids, rows, passed, flags, ids = [], [], [], [], []
     for position, ref in enumerate(refs):
-        ids = _read_columns(store, store.shard_path("generations", ref), ["sample_id"])
-        count = ids.num_rows
-        is_scored = ref.name in scored
+        sample_ids = _read(store, store.shard_path(GENERATIONS, ref), ["sample_id"])
+        count = sample_ids.num_rows
+        is_scored = ref.name in state.scored
         if is_scored:
-            scores = _read_columns(
-                store,
-                store.shard_path("scores", ref),
-                ["sample_id", "metrics", "inst_level_strict", "error"],
-            )
-            if not scores.column("sample_id").equals(ids.column("sample_id")):
-                raise TandemError(f"{ref}: score shard rows do not match its generation shard")
-            passed.append(_passed(scores))
+            scores = _read(store, store.shard_path(SCORES, ref), ["sample_id", "metrics", "error"])
+            if not scores.column("sample_id").equals(sample_ids.column("sample_id")):
+                raise Damaged(f"{ref}: score shard rows do not match its generation shard")
+            passed.append(_passed(scores, metric))
         else:
             passed.append(pa.nulls(count, pa.bool_()))
+        ids.append(sample_ids.column("sample_id").combine_chunks())
         shard_ids.append(pa.array([position] * count, pa.int32()))
         rows.append(pa.array(range(count), pa.int32()))
         flags.append(is_scored)
@@ -183,6 +202,7 @@ def _build_index(store: Store, refs: list[ShardRef], scored: set[str]) -> TaskIn
     return TaskIndex(
         refs=tuple(refs),
         scored=tuple(flags),
+        sample_id=pa.concat_arrays(ids) if ids else pa.array([], pa.string()),
         shard=pa.concat_arrays(shard_ids) if shard_ids else pa.array([], pa.int32()),
         row=pa.concat_arrays(rows) if rows else pa.array([], pa.int32()),
         passed=verdicts,
@@ -211,55 +231,80 @@ class _LRU:
         return value
 
 
+def _stamps(state: TaskState, ref: ShardRef) -> tuple[FileStamp | None, FileStamp | None]:
+    return state.generated.get(ref.name), state.scored.get(ref.name)
+
+
 class SampleCache:
-    """Task indexes keyed by the exact shard lists they were built from, and whole
-    shards (generation + verdicts) keyed by shard; both immutable once published."""
+    """Task indexes keyed by the stamps of the files they were built from, whole shards
+    (generation + verdicts) and small column reads keyed by their files' stamps."""
 
     def __init__(self, capacity: int = 16, shard_capacity: int = 128):
         self._indexes = _LRU(capacity)
         self._shards = _LRU(shard_capacity)
+        # A few small columns of a shard are cheap to keep: many more of them.
+        self._columns = _LRU(shard_capacity * 32)
 
-    def index(self, store: Store, run_id: str, task: str) -> TaskIndex:
-        generated, scored = task_shards(store, run_id, task)
-        if not generated:
+    def state(self, store: Store, run_id: str, task: str) -> TaskState:
+        state = store.task_state(run_id, task)
+        if not state.live:
             raise RunNotFound(f"run {run_id!r} has no generations for task {task!r}")
-        key = (store.uri, run_id, task, tuple((r.name, r.name in scored) for r in generated))
-        return self._indexes.get(key) or self._indexes.put(
-            key, _build_index(store, generated, scored)
-        )
+        return state
 
-    def shard(self, store: Store, ref: ShardRef, scored: bool) -> pa.Table:
-        key = (store.uri, ref, scored)
+    def index(self, store: Store, run_id: str, task: str) -> tuple[TaskState, TaskIndex]:
+        state = self.state(store, run_id, task)
+        key = (
+            store.uri,
+            run_id,
+            task,
+            tuple((ref.name, *_stamps(state, ref)) for ref in state.live),
+        )
+        index = self._indexes.get(key) or self._indexes.put(key, _build_index(store, state))
+        return state, index
+
+    def shard(self, store: Store, state: TaskState, ref: ShardRef, scored: bool) -> pa.Table:
+        key = (store.uri, ref, scored, *_stamps(state, ref))
         return self._shards.get(key) or self._shards.put(key, shard_samples(store, ref, scored))
+
+    def columns(
+        self, store: Store, state: TaskState, ref: ShardRef, kind: str, columns: tuple[str, ...]
+    ) -> pa.Table:
+        """Just ``columns`` (those that exist) of one generation or score shard."""
+        stamps = _stamps(state, ref)
+        key = (store.uri, ref, kind, columns, stamps[0 if kind == GENERATIONS else 1])
+        table = self._columns.get(key)
+        if table is None:
+            path = store.shard_path(kind, ref)
+            present = [c for c in columns if c in _read_schema(store, path).names]
+            table = self._columns.put(key, _read(store, path, present))
+        return table
 
     def page(
         self, store: Store, run_id: str, task: str, failed: bool | None, offset: int, limit: int
     ) -> tuple[int, pa.Table | None]:
         """(matching samples, the rows [offset, offset+limit) of them, in task order)."""
-        index = self.index(store, run_id, task)
+        state, index = self.index(store, run_id, task)
         positions = index.views[failed]
         chosen = positions.slice(offset, limit) if offset < len(positions) else positions[:0]
         if len(chosen) == 0:
             return len(positions), None
-        shards = pc.take(index.shard, chosen).to_pylist()
-        rows = pc.take(index.row, chosen).to_pylist()
+        return len(positions), self.rows(store, state, index, chosen.to_pylist())
+
+    def rows(
+        self, store: Store, state: TaskState, index: TaskIndex, positions: list[int]
+    ) -> pa.Table:
+        """The samples at ``positions`` of the index (generation + verdicts), in order."""
+        shards = pc.take(index.shard, pa.array(positions, pa.int64())).to_pylist()
+        rows = pc.take(index.row, pa.array(positions, pa.int64())).to_pylist()
         parts = []
         # Consecutive samples of one shard are taken together (a page spans 1-2 shards).
         start = 0
         for end in range(1, len(shards) + 1):
             if end == len(shards) or shards[end] != shards[start]:
-                table = self.shard(store, index.refs[shards[start]], index.scored[shards[start]])
+                number = shards[start]
+                table = self.shard(store, state, index.refs[number], index.scored[number])
                 parts.append(table.take(pa.array(rows[start:end], pa.int32())))
                 start = end
-        return len(positions), pa.concat_tables(parts, promote_options="permissive")
-
-    def samples(self, store: Store, run_id: str, task: str) -> pa.Table:
-        """Every sample of a task with its verdicts (compare reads them all)."""
-        index = self.index(store, run_id, task)
-        parts = [
-            self.shard(store, ref, scored)
-            for ref, scored in zip(index.refs, index.scored, strict=True)
-        ]
         return pa.concat_tables(parts, promote_options="permissive")
 
 
@@ -298,9 +343,9 @@ def _doc(text: str | None) -> dict[str, Any]:
 def export_batches(store: Store, run_id: str, tasks: list[str]) -> Iterator[pa.Table]:
     """A run's samples with verdicts, one table per shard, in EXPORT_SCHEMA."""
     for task in tasks:
-        generated, scored = task_shards(store, run_id, task)
-        for ref in generated:
-            table = shard_samples(store, ref, ref.name in scored)
+        state = store.task_state(run_id, task)
+        for ref in state.live:
+            table = shard_samples(store, ref, ref.name in state.scored)
             rows = table.num_rows
             columns = {}
             for field in EXPORT_SCHEMA:
@@ -321,31 +366,18 @@ def shard_state(store: Store) -> dict[str, Any]:
     pending = scored = quarantined = 0
     latencies: list[float] = []
     for run_id in store.list_runs():
-        for task in store.list_tasks(run_id, "generations"):
-            generations = _mtimes(store, store.run_path(run_id, "generations", task), ".parquet")
-            scores = _mtimes(store, store.run_path(run_id, "scores", task), ".parquet")
-            records = _mtimes(store, store.run_path(run_id, "quarantine", task), ".error.json")
-            quarantined += len(records)
-            for name, made in generations.items():
-                if name in scores:
+        for task in store.list_tasks(run_id, GENERATIONS):
+            state = store.task_state(run_id, task)
+            quarantined += len(state.quarantined)
+            pending += len(state.pending)
+            for name, made in state.generated.items():
+                done = state.scored.get(name)
+                if done is not None:
                     scored += 1
-                    latencies.append(max(0.0, scores[name] - made))
-                elif name not in records:
-                    pending += 1
+                    latencies.append(max(0.0, (done.mtime_ns - made.mtime_ns) / 1e9))
     return {
         "pending": pending,
         "scored": scored,
         "quarantined": quarantined,
         "latencies": latencies,
     }
-
-
-def _mtimes(store: Store, folder: str, suffix: str) -> dict[str, float]:
-    selector = pafs.FileSelector(folder, allow_not_found=True, recursive=False)
-    out = {}
-    for info in store.fs.get_file_info(selector):
-        name = info.base_name
-        if info.type != pafs.FileType.File or name.startswith(".") or not name.endswith(suffix):
-            continue
-        out[name[: -len(suffix)]] = info.mtime.timestamp() if info.mtime else 0.0
-    return out

@@ -9,43 +9,45 @@ compared. Both the CLI and the API print this function's result, so they agree.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any, TextIO
 
-import pyarrow as pa
-
-from cpu_scorer._queries import SampleCache, require_run
-from shared.store import Store, check_run_id, check_task
+from cpu_scorer._queries import SampleCache, TaskIndex, pass_metric, require_run
+from shared.store import GENERATIONS, SCORES, Store, TaskState, check_run_id, check_task
 
 _CACHE = SampleCache(capacity=4)
 
 
-def _verdicts(table: pa.Table) -> dict[str, dict[str, Any]]:
-    out = {}
-    columns = ["sample_id", "passed", "prompt", "instruction_id_list", "inst_level_strict"]
-    present = [c for c in columns if c in table.column_names]
-    for row in table.select(present).to_pylist():
-        if row.get("passed") is not None:
-            out[row["sample_id"]] = row
-    return out
+def _verdicts(index: TaskIndex) -> dict[str, tuple[int, bool]]:
+    """sample id -> (position in the index, passed) for the samples with a verdict."""
+    return {
+        sample_id: (position, passed)
+        for position, (sample_id, passed) in enumerate(
+            zip(index.sample_id.to_pylist(), index.passed.to_pylist(), strict=True)
+        )
+        if passed is not None
+    }
 
 
 def compare_runs(
     store: Store, a: str, b: str, task: str, cache: SampleCache | None = None
 ) -> dict[str, Any]:
-    """Per-prompt flips of ``task`` between runs ``a`` and ``b``, with counts each way."""
+    """Per-prompt flips of ``task`` between runs ``a`` and ``b``, with counts each way.
+
+    Built from the two task indexes (sample ids and verdicts, cached); only the flipped
+    samples' prompt and instruction verdicts are read, so a compare of runs with
+    thousands of shards costs what their indexes cost, once.
+    """
     check_run_id(a)
     check_run_id(b)
     check_task(task)
     cache = cache or _CACHE
     for run_id in (a, b):
         require_run(store, run_id)
-    table_a = cache.samples(store, a, task)
-    table_b = cache.samples(store, b, task)
-    metric = "prompt_level_strict_acc" if _is_ifeval(table_a) else "acc"
-    left, right = _verdicts(table_a), _verdicts(table_b)
+    state_a, index_a = cache.index(store, a, task)
+    state_b, index_b = cache.index(store, b, task)
+    left, right = _verdicts(index_a), _verdicts(index_b)
     counts = {
         "fixed": 0,
         "broken": 0,
@@ -54,35 +56,68 @@ def compare_runs(
         "only_in_a": 0,
         "only_in_b": 0,
     }
-    flips = []
-    for sample_id, row_a in left.items():
-        row_b = right.get(sample_id)
-        if row_b is None:
+    flipped: list[tuple[str, int, int, bool, bool]] = []
+    for sample_id, (pos_a, pass_a) in left.items():
+        hit = right.get(sample_id)
+        if hit is None:
             counts["only_in_a"] += 1
             continue
-        pass_a, pass_b = row_a["passed"], row_b["passed"]
+        pos_b, pass_b = hit
         if pass_a == pass_b:
             counts["both_pass" if pass_a else "both_fail"] += 1
             continue
-        direction = "fixed" if pass_b else "broken"
-        counts[direction] += 1
-        flips.append(
-            {
-                "sample_id": sample_id,
-                "direction": direction,
-                "a": pass_a,
-                "b": pass_b,
-                "prompt": row_a.get("prompt"),
-                "instructions_changed": _changed(row_a, row_b),
-            }
-        )
+        counts["fixed" if pass_b else "broken"] += 1
+        flipped.append((sample_id, pos_a, pos_b, pass_a, pass_b))
     counts["only_in_b"] = sum(1 for s in right if s not in left)
-    return {"a": a, "b": b, "task": task, "metric": metric, "counts": counts, "flips": flips}
+    details_a = _details(cache, store, state_a, index_a, [f[1] for f in flipped])
+    details_b = _details(cache, store, state_b, index_b, [f[2] for f in flipped])
+    flips = [
+        {
+            "sample_id": sample_id,
+            "direction": "fixed" if pass_b else "broken",
+            "a": pass_a,
+            "b": pass_b,
+            "prompt": row_a.get("prompt"),
+            "instructions_changed": _changed(row_a, row_b),
+        }
+        for (sample_id, _, _, pass_a, pass_b), row_a, row_b in zip(
+            flipped, details_a, details_b, strict=True
+        )
+    ]
+    return {
+        "a": a,
+        "b": b,
+        "task": task,
+        "metric": pass_metric(task),
+        "counts": counts,
+        "flips": flips,
+    }
 
 
-def _is_ifeval(table: pa.Table) -> bool:
-    ids = table.column("instruction_id_list")
-    return ids.null_count < len(ids)
+def _details(
+    cache: SampleCache, store: Store, state: TaskState, index: TaskIndex, positions: list[int]
+) -> list[dict[str, Any]]:
+    """Prompt and per-instruction strict verdicts of the samples at ``positions``."""
+    shards = index.shard.to_pylist()
+    rows = index.row.to_pylist()
+    out = []
+    for position in positions:
+        ref = index.refs[shards[position]]
+        row = rows[position]
+        prompts = cache.columns(store, state, ref, GENERATIONS, ("prompt",))
+        detail: dict[str, Any] = {
+            "prompt": prompts.column("prompt")[row].as_py()
+            if "prompt" in prompts.column_names
+            else None
+        }
+        if index.scored[shards[position]]:
+            verdicts = cache.columns(
+                store, state, ref, SCORES, ("instruction_id_list", "inst_level_strict")
+            )
+            detail["instruction_id_list"] = verdicts.column("instruction_id_list")[row].as_py()
+            detail["inst_level_strict"] = verdicts.column("inst_level_strict")[row].as_py()
+        out.append(detail)
+    return out
 
 
 def _changed(row_a: dict[str, Any], row_b: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -119,10 +154,12 @@ def print_comparison(result: dict[str, Any], out: TextIO = sys.stdout, width: in
     print("\n".join(lines), file=out)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(store_uri: str, a: str, b: str, task: str, as_json: bool = False) -> int:
     """``tandem compare A B``: the same flips as ``GET /compare?a=A&b=B&task=``."""
-    result = compare_runs(Store(args.store), args.a, args.b, args.task)
-    if args.json:
+    store = Store(store_uri)
+    store.check(writable=False)
+    result = compare_runs(store, a, b, task)
+    if as_json:
         print(json.dumps(result, indent=1, ensure_ascii=False))
     else:
         print_comparison(result)

@@ -7,12 +7,21 @@ runs the same shard code in-process, no Ray needed.
 
 Shards are deterministic sample ranges, so a rerun lists what exists and does only
 what is missing: a crash costs at most one shard per worker.
+
+**Nothing is written before the work can start.** The plan reads and checks everything
+(spec, task data, an existing run's spec hash) without writing; then the workers load
+their backends; only then is run.json created -- exclusively, so of two different specs
+racing for one run id exactly one is accepted -- with what the workers resolved
+(precision, dtype, device, engine, host). A backend that cannot load (unsloth without a
+GPU, a missing adapter) leaves nothing behind, and the corrected spec may use the same
+run id.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,8 +32,9 @@ from tqdm import tqdm
 from gpu_worker.environment import environment, utc_now
 from gpu_worker.models import describe_model
 from shared.errors import TandemError
+from shared.records import ChatInfo, Environment, ModelInfo, RunRecord, TaskPlan, WorkerInfo
 from shared.spec import RunSpec
-from shared.store import ShardRef, Store
+from shared.store import RUN_RECORD, ShardRef, Store
 from shared.tasks import TASKS, Sample, TaskDef, load_samples
 
 log = logging.getLogger(__name__)
@@ -60,29 +70,48 @@ def use_chat(spec: RunSpec, task: TaskDef, has_template: bool) -> bool:
     return task.chat_by_default and has_template
 
 
-def run_record(spec: RunSpec, run_id: str, model: dict[str, Any], totals: dict[str, int]) -> dict:
-    return {
-        "schema": "tandem.run",
-        "schema_version": 1,
-        "run_id": run_id,
-        "created_at": utc_now(),
-        "spec": spec.model_dump(mode="json"),
-        "spec_hash": spec.spec_hash(),
-        "model": {k: v for k, v in model.items() if k != "has_chat_template"},
-        "chat": {"mode": spec.chat_template, "has_template": model["has_chat_template"]},
-        "tasks": {
-            name: {"samples": count, "shard_size": spec.shard_size}
+def run_record(
+    spec: RunSpec, run_id: str, model: dict[str, Any], totals: dict[str, int]
+) -> RunRecord:
+    """run.json without its workers (they are added once their backends have loaded)."""
+    return RunRecord(
+        run_id=run_id,
+        created_at=utc_now(),
+        spec=spec.model_dump(mode="json"),
+        spec_hash=spec.spec_hash(),
+        model=ModelInfo(**{k: v for k, v in model.items() if k != "has_chat_template"}),
+        chat=ChatInfo(mode=spec.chat_template, has_template=bool(model["has_chat_template"])),
+        tasks={
+            name: TaskPlan(samples=count, shard_size=spec.shard_size)
             for name, count in totals.items()
         },
-        "environment": environment(),
-    }
+        environment=Environment(**environment()),
+    )
+
+
+def worker_info(backend: Any) -> WorkerInfo:
+    """What a loaded backend resolved (its ``info()``), as the run and its shards record it."""
+    info = backend.info() if hasattr(backend, "info") else {}
+    fields = {}
+    for name in WorkerInfo.model_fields:
+        value = info.get(name)
+        if value is None:
+            continue
+        fields[name] = value if name == "threads" else str(value)
+    fields.setdefault("backend", getattr(backend, "name", ""))
+    fields.setdefault("host", socket.gethostname())  # this runs in the worker's process
+    return WorkerInfo(**fields)
 
 
 def plan(
     spec: RunSpec, store: Store, data_dir: str | None = None
-) -> tuple[str, list[ShardJob], int, dict]:
-    """Validate everything, write run.json, and list the shards still to do."""
+) -> tuple[str, list[ShardJob], int, RunRecord]:
+    """Validate everything and list the shards still to do. Writes nothing: an existing
+    run under this id with another spec is refused here, before any model loads."""
     run_id = spec.resolved_run_id()
+    path = store.run_path(run_id, RUN_RECORD)
+    if store.exists(path):
+        store.check_same_spec(run_id, store.read_json(path), spec.spec_hash())
     samples: dict[str, list[Sample]] = {}
     for name in spec.tasks:
         samples[name] = load_samples(TASKS[name], data_dir or spec.data_dir, spec.limit.get(name))
@@ -92,7 +121,6 @@ def plan(
     if spec.chat_template == "on" and not model["has_chat_template"]:
         raise TandemError(f"chat_template = 'on' but {spec.model} has no chat template")
     record = run_record(spec, run_id, model, {k: len(v) for k, v in samples.items()})
-    record = store.start_run(run_id, record)
     jobs, skipped = [], 0
     for name, task_samples in samples.items():
         chat = use_chat(spec, TASKS[name], bool(model["has_chat_template"]))
@@ -104,15 +132,20 @@ def plan(
     return run_id, jobs, skipped, record
 
 
-def provenance(spec: RunSpec, record: dict[str, Any]) -> dict[str, str]:
+def provenance(spec: RunSpec, record: RunRecord) -> dict[str, str]:
     return {
         "config_hash": spec.spec_hash(),
-        "git_sha": record["environment"].get("git_sha", ""),
+        "git_sha": record.environment.git_sha,
         "backend": spec.backend,
-        "model_id": record["model"].get("model_id", ""),
-        "model_revision": record["model"].get("model_revision", ""),
+        "model_id": record.model.model_id,
+        "model_revision": record.model.model_revision,
         "created_at": utc_now(),
     }
+
+
+def start_run(store: Store, record: RunRecord, workers: list[WorkerInfo]) -> None:
+    """Create run.json now that the workers are up (see the module docstring)."""
+    store.start_run(record.run_id, record.model_copy(update={"workers": workers}))
 
 
 def run_generation(
@@ -126,6 +159,7 @@ def run_generation(
 ) -> JobResult:
     """Run (or resume) a generation job. ``local=None`` uses Ray when RAY_ADDRESS is set."""
     store = Store(store_uri)
+    store.check(writable=True, create=True)
     run_id, jobs, skipped, record = plan(spec, store, data_dir)
     result = JobResult(run_id, shards_skipped=skipped)
     print(
@@ -133,6 +167,8 @@ def run_generation(
         file=sys.stderr,
     )
     if not jobs:
+        if not store.exists(store.run_path(run_id, RUN_RECORD)):
+            start_run(store, record, [])  # every shard exists but the record was lost
         return result
     if local is None:
         local = not os.environ.get("RAY_ADDRESS")
@@ -163,7 +199,9 @@ def _run_local(spec, store_uri, jobs, record, workers, progress):
     from gpu_worker.shards import run_shard
 
     backend = create_backend(spec)
+    worker = worker_info(backend)
     store = Store(store_uri)
+    start_run(store, record, [worker])
     with _progress(jobs, progress) as bar:
         for job in jobs:
             stats = run_shard(
@@ -175,6 +213,7 @@ def _run_local(spec, store_uri, jobs, record, workers, progress):
                 job.samples,
                 job.chat,
                 provenance(spec, record),
+                worker,
             )
             bar.update(len(job.samples))
             yield stats
@@ -183,13 +222,18 @@ def _run_local(spec, store_uri, jobs, record, workers, progress):
 class ShardActor:
     """One model replica. Ray places it (one per GPU, or a share of the CPU cores)."""
 
-    def __init__(self, spec: RunSpec, store_uri: str, record: dict[str, Any]):
+    def __init__(self, spec: RunSpec, store_uri: str, record: RunRecord):
         from gpu_worker.backends import create_backend
 
         self.spec = spec
         self.store = Store(store_uri)
         self.record = record
         self.backend = create_backend(spec)
+        self.worker = worker_info(self.backend)
+
+    def info(self) -> WorkerInfo:
+        """What this replica resolved; the driver records it in run.json."""
+        return self.worker
 
     def run(self, job: ShardJob) -> dict[str, Any]:
         from gpu_worker.shards import run_shard
@@ -203,6 +247,7 @@ class ShardActor:
             job.samples,
             job.chat,
             provenance(self.spec, self.record),
+            self.worker,
         )
         stats["actor"] = os.getpid()
         return stats
@@ -261,6 +306,17 @@ def _run_ray(spec, store_uri, jobs, record, workers, progress):
         return actor_class.options(**options).remote(spec, store_uri, record)
 
     idle = [new_actor() for _ in range(count)]
+    # Every replica loads its backend before anything is written: a backend that cannot
+    # load stops the job here, with nothing in the store.
+    try:
+        infos = ray.get([actor.info.remote() for actor in idle])
+    except RayActorError as error:
+        if error.actor_init_failed:
+            raise TandemError(f"a worker could not start: {_init_error(error)}") from None
+        raise TandemError(f"a worker died while loading its backend: {error}") from error
+    from shared.records import distinct_workers
+
+    start_run(Store(store_uri), record, distinct_workers(infos))
     replacements_left = MAX_ATTEMPTS * count
     print(
         f"ray: {count} actor(s) with {options.get('num_gpus', 0)} GPU / "

@@ -17,16 +17,11 @@ from gpu_worker.backends.base import (
     RollingRequest,
 )
 from shared.errors import TandemError
+from shared.records import WorkerInfo
 from shared.schema import doc_json, make_table
 from shared.spec import RunSpec
-from shared.store import ShardRef, Store
+from shared.store import GENERATIONS, ShardRef, Store
 from shared.tasks import Sample, TaskDef
-
-SCHEMA_FOR_OUTPUT = {
-    "generate": "generations",
-    "multiple_choice": "loglikelihoods",
-    "rolling": "rolling",
-}
 
 
 def build_shard(
@@ -37,10 +32,13 @@ def build_shard(
     samples: list[Sample],
     chat: bool,
     provenance: dict[str, str],
+    worker: WorkerInfo | None = None,
 ) -> pa.Table:
-    if task.output == "generate":
+    """One shard's table. Its metadata records its own range (so a copy stored under
+    another name is caught) and the worker that wrote it."""
+    if task.kind == "generate":
         rows = _generate_rows(backend, spec, ref, samples, chat)
-    elif task.output == "multiple_choice":
+    elif task.kind == "multiple_choice":
         rows = _choice_rows(backend, ref, samples, chat)
     else:
         rows = _rolling_rows(backend, ref, samples)
@@ -51,7 +49,10 @@ def build_shard(
             f"shard {ref.task}/{ref.name}: backend returned {len(got)} rows for "
             f"{len(want)} samples; refusing to publish an incomplete shard"
         )
-    return make_table(SCHEMA_FOR_OUTPUT[task.output], rows, provenance)
+    extra = {"shard": ref.name}
+    if worker is not None:
+        extra["worker"] = worker.model_dump_json()
+    return make_table(task.schema, rows, provenance, extra)
 
 
 def run_shard(
@@ -63,10 +64,11 @@ def run_shard(
     samples: list[Sample],
     chat: bool,
     provenance: dict[str, str],
+    worker: WorkerInfo | None = None,
 ) -> dict[str, Any]:
     """Build and atomically publish one generation shard; returns its throughput stats."""
-    table = build_shard(backend, spec, task, ref, samples, chat, provenance)
-    store.publish_table(store.shard_path("generations", ref), table)
+    table = build_shard(backend, spec, task, ref, samples, chat, provenance, worker)
+    store.publish_table(store.shard_path(GENERATIONS, ref), table)
     stats: dict[str, Any] = {"task": ref.task, "shard": ref.name, "samples": len(samples)}
     if "generated_tokens" in table.column_names:
         stats["generated_tokens"] = sum(

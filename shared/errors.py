@@ -13,6 +13,12 @@ class TandemError(Exception):
     """
 
 
+class WriteError(TandemError):
+    """A write failed (disk full, read-only, no permission); nothing partial was left.
+    Readers that must never stop (the scorer daemon) retry these later; one-shot
+    commands stop with the message."""
+
+
 def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """A "did you mean" suffix naming the closest valid name, or "" when none is close."""
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)

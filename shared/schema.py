@@ -117,10 +117,21 @@ _BY_NAME = {d.name: key for key, d in SCHEMAS.items()}
 
 # Provenance keys every file carries (values may be "" when unknown, e.g. no git).
 PROVENANCE_KEYS = ("config_hash", "git_sha", "backend", "model_id", "model_revision", "created_at")
+# Keys some files carry beside them, each a JSON (or plain) string, absent in older files:
+# ``shard``: a generation shard's own range name, so a copy under another name is caught;
+# ``worker``: what the worker that wrote it resolved (shared.records.WorkerInfo);
+# ``telemetry``: a score shard's summed model time and token counts (cpu_scorer.scorers).
+EXTRA_KEYS = ("shard", "worker", "telemetry")
 
 
-def make_table(kind: str, rows: list[dict[str, Any]], provenance: dict[str, str]) -> pa.Table:
-    """Build a table of schema ``kind`` from row dicts, stamping name, version, provenance.
+def make_table(
+    kind: str,
+    rows: list[dict[str, Any]],
+    provenance: dict[str, str],
+    extra: dict[str, str] | None = None,
+) -> pa.Table:
+    """Build a table of schema ``kind`` from row dicts, stamping name, version, provenance
+    (and any of EXTRA_KEYS given in ``extra``).
 
     Raises TandemError naming the missing or unexpected columns.
     """
@@ -128,14 +139,30 @@ def make_table(kind: str, rows: list[dict[str, Any]], provenance: dict[str, str]
     expected = set(definition.schema.names)
     for index, row in enumerate(rows):
         missing = expected - row.keys()
-        extra = row.keys() - expected
-        if missing or extra:
+        unexpected = row.keys() - expected
+        if missing or unexpected:
             raise TandemError(
                 f"{definition.name} row {index}: missing columns {sorted(missing)}, "
-                f"unexpected columns {sorted(extra)}"
+                f"unexpected columns {sorted(unexpected)}"
             )
     table = pa.Table.from_pylist(rows, schema=definition.schema)
-    return table.replace_schema_metadata(file_metadata(kind, provenance))
+    meta = file_metadata(kind, provenance)
+    for key, value in (extra or {}).items():
+        if key not in EXTRA_KEYS:
+            raise TandemError(f"unknown file metadata key {key!r}; allowed: {EXTRA_KEYS}")
+        meta[f"tandem.{key}".encode()] = value.encode()
+    return table.replace_schema_metadata(meta)
+
+
+def extras_of(table_or_schema: pa.Table | pa.Schema) -> dict[str, str]:
+    """The EXTRA_KEYS a file carries (absent ones left out)."""
+    schema = table_or_schema.schema if isinstance(table_or_schema, pa.Table) else table_or_schema
+    meta = schema.metadata or {}
+    return {
+        key: meta[f"tandem.{key}".encode()].decode()
+        for key in EXTRA_KEYS
+        if f"tandem.{key}".encode() in meta
+    }
 
 
 def file_metadata(kind: str, provenance: dict[str, str]) -> dict[bytes, bytes]:

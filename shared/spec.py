@@ -14,9 +14,20 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shared.errors import TandemError, did_you_mean
+from shared.jsonl import decode_utf8
+from shared.store._layout import RUN_ID_PATTERN
 from shared.tasks import TASKS
 
 if sys.version_info >= (3, 11):
@@ -24,7 +35,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8", "nf4"]
@@ -36,12 +46,13 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_new_tokens: int = Field(256, ge=1, le=32768)
-    batch_size: int | Literal["auto"] = "auto"
+    # Strict: TOML's true is a boolean, never the integer 1.
+    max_new_tokens: StrictInt = Field(256, ge=1, le=32768)
+    batch_size: StrictInt | Literal["auto"] = "auto"
     stop: tuple[str, ...] = ()
     # Prompts longer than this many tokens are cut from the left (the instruction at the
     # end survives); the row records it. None: the model's own context length.
-    max_prompt_tokens: int | None = Field(None, ge=1)
+    max_prompt_tokens: StrictInt | None = Field(None, ge=1)
 
     @field_validator("batch_size")
     @classmethod
@@ -67,17 +78,17 @@ class RunSpec(BaseModel):
     model: str = EMBEDDED_MODEL
     revision: str | None = None
     adapter: str | None = None
-    merge_adapter: bool = False
+    merge_adapter: StrictBool = False
     kind: Literal["auto", "base", "instruct"] = "auto"
     chat_template: Literal["auto", "on", "off"] = "auto"
     precision: Precision = "auto"
     backend: BackendName = "hf"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tasks: tuple[str, ...] = Field(..., min_length=1)
-    limit: dict[str, int] = Field(default_factory=dict)
-    shard_size: int = Field(32, ge=1, le=100_000)
+    limit: dict[str, StrictInt] = Field(default_factory=dict)
+    shard_size: StrictInt = Field(32, ge=1, le=100_000)
     data_dir: str | None = None
-    seed: int = 0
+    seed: StrictInt = 0
     generation: GenerationParams = Field(default_factory=GenerationParams)
     # Passed verbatim to the engine's constructor (e.g. vLLM's gpu_memory_utilization).
     # The one documented escape hatch; everything else is a typed field.
@@ -166,7 +177,7 @@ def load_spec(path: str | Path) -> RunSpec:
     """Read and validate a TOML (or YAML) run spec file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = decode_utf8(path.read_bytes(), path)
     except OSError as error:
         raise TandemError(f"cannot read run spec {path}: {error.strerror}") from error
     if path.suffix in {".yaml", ".yml"}:

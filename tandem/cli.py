@@ -1,18 +1,59 @@
-"""``tandem``: generate, score, inspect and serve evaluation runs."""
+"""``tandem``: generate, score, inspect and serve evaluation runs.
+
+The CLI owns argv: it parses and checks every argument here, then calls the tiers'
+typed functions. Each command imports only what it runs, so ``tandem --help`` imports
+no tier at all.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from shared.errors import TandemError
 
 DEFAULT_STORE = os.environ.get("TANDEM_STORE", "./store")
 
 
+# ---- argument types: refuse bad values with the allowed range --------------------------
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive, finite number of seconds (e.g. 1 or 0.5), got {text!r}"
+        )
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# ---- commands --------------------------------------------------------------------------
 def _cmd_generate(args: argparse.Namespace) -> int:
     from gpu_worker.job import run_generation
     from shared.spec import load_spec
@@ -38,28 +79,42 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    from cpu_scorer.aggregations import AggregateOptions
     from cpu_scorer.report import print_summary
-    from cpu_scorer.scoring import SummaryOptions, score_store
+    from cpu_scorer.scoring import score_once
     from shared.store import Store
 
     store = Store(args.store)
-    counts = score_store(
-        store, args.run, SummaryOptions(irt_params=args.irt_params), progress=not args.quiet
+    store.check(writable=True)
+    tallies = score_once(
+        store, args.run, AggregateOptions(irt_params=args.irt_params), progress=not args.quiet
     )
-    for run_id, tally in counts.items():
+    failed = 0
+    for run_id, tally in tallies.items():
         print(
-            f"run {run_id}: scored {tally['scored']} shard(s), quarantined {tally['quarantined']}"
+            f"run {run_id}: scored {tally.scored} shard(s), quarantined {tally.quarantined}"
+            + (f", failed {tally.failed}" if tally.failed else "")
         )
-        print_summary(store.read_json(store.run_path(run_id, "summary.json")))
-    if not counts:
+        failed += tally.failed
+        try:
+            summary = store.summary(run_id)
+        except TandemError as error:
+            print(f"run {run_id}: {error}", file=sys.stderr)
+            continue
+        if summary is not None:
+            print_summary(summary)
+    if not tallies:
         print(f"no runs in {store.uri}")
-    return 0
+    # 0: nothing left pending (bad shards are quarantined, which is an outcome); 1: the
+    # scorer itself failed on some shard (they stay pending for a fixed scorer).
+    return 1 if failed else 0
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
     from shared.store import Store
 
     store = Store(args.store)
+    store.check(writable=False)
     runs = store.list_runs()
     if args.json:
         print(json.dumps(runs))
@@ -67,11 +122,14 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {store.uri}")
     for run_id in runs:
-        record = store.read_run(run_id)
-        spec = record.get("spec", {})
+        try:
+            record = store.run_record(run_id)
+        except TandemError as error:
+            print(f"{run_id}\t(damaged: {error})")
+            continue
         print(
-            f"{run_id}\t{record.get('created_at', '')}\t{spec.get('model', '')}\t"
-            f"{spec.get('precision', '')}\t{','.join(spec.get('tasks', []))}"
+            f"{run_id}\t{record.created_at}\t{record.spec.get('model', '')}\t"
+            f"{record.resolved_precision}\t{','.join(record.spec.get('tasks') or record.tasks)}"
         )
     return 0
 
@@ -79,41 +137,86 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_ifeval(args: argparse.Namespace) -> int:
     from cpu_scorer.ifeval import _command
 
-    return _command.run(args)
-
-
-def _add_ifeval(parser: argparse.ArgumentParser) -> None:
-    try:
-        from cpu_scorer.ifeval import _command
-    except ImportError:  # the scorer extra is not installed
-        return
-    _command.add_arguments(parser)
+    return _command.run(
+        input_data=args.input_data,
+        responses=args.responses,
+        output=args.output,
+        summary=args.summary,
+        workers=args.workers,
+    )
 
 
 def _cmd_scorer(args: argparse.Namespace) -> int:
-    from cpu_scorer import daemon
+    from cpu_scorer.daemon import DaemonConfig, watch
+    from shared.store import Store
 
-    return daemon.run(args)
+    store = Store(args.store)
+    store.check(writable=True)
+    config = DaemonConfig(
+        interval=args.interval, lease=args.lease, once=args.once, irt_params=args.irt_params
+    )
+    watch(store, config)
+    return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from cpu_scorer import api
+    from cpu_scorer.api import serve
 
-    return api.run(args)
+    return serve(args.store, host=args.host, port=args.port, token=args.token)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from cpu_scorer import compare
+    from cpu_scorer.compare import main
 
-    return compare.run(args)
+    return main(args.store, args.a, args.b, args.task, as_json=args.json)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from tandem import demo
+    from tandem.demo import run_demo
 
-    return demo.run(args)
+    return run_demo(
+        Path(args.store), Path(args.data_dir) if args.data_dir else None, use_ray=not args.no_ray
+    )
 
 
+def add_ifeval_arguments(ifeval: argparse.ArgumentParser) -> None:
+    """``tandem ifeval``'s arguments (also ``python -m cpu_scorer.ifeval``'s)."""
+    ifeval.add_argument(
+        "--input-data",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the prompts: JSONL with key, prompt, instruction_id_list, kwargs",
+    )
+    ifeval.add_argument(
+        "--responses",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="JSONL with prompt and response per line (other fields are kept)",
+    )
+    ifeval.add_argument(
+        "--output",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="JSONL of verdicts, one line per response line",
+    )
+    ifeval.add_argument(
+        "--summary",
+        type=Path,
+        metavar="FILE",
+        help="write the four metrics as JSON here instead of to stderr",
+    )
+    ifeval.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="processes to score with (default: every core, for large inputs)",
+    )
+
+
+# ---- the parser --------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem",
@@ -141,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(gen)
     gen.add_argument("--local", action="store_true", help="run in this process, without Ray")
     gen.add_argument(
-        "--workers", type=int, help="number of Ray actors (default: one per GPU, or 1 on CPU)"
+        "--workers",
+        type=_positive,
+        help="number of Ray actors (default: one per GPU, or 1 on CPU)",
     )
     gen.add_argument(
         "--data-dir",
@@ -150,7 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--run-id", help="override the spec's run_id")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    score = command("score", _cmd_score, "Score every unscored shard once, then print the summary.")
+    score = command(
+        "score",
+        _cmd_score,
+        "Score every unscored shard once (the scorer daemon's run-once mode), then print "
+        "the summary. Exit 0 when nothing is left pending, 1 if the scorer failed on a shard.",
+    )
     store_arg(score)
     score.add_argument("--run", help="only this run id")
     score.add_argument("--irt-params", help="tinyBenchmarks.pkl for tinyMMLU IRT/p-IRT/gp-IRT")
@@ -163,21 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
     ifeval = command(
         "ifeval", _cmd_ifeval, "Score IFEval responses from any system (Google's JSONL format)."
     )
-    _add_ifeval(ifeval)
+    add_ifeval_arguments(ifeval)
 
     scorer = command(
         "scorer", _cmd_scorer, "Run the scorer daemon: watch a store, score new shards."
     )
     store_arg(scorer)
-    scorer.add_argument("--interval", type=float, default=1.0, help="poll interval in seconds")
-    scorer.add_argument("--lease", type=float, default=300.0, help="claim lease in seconds")
+    scorer.add_argument(
+        "--interval", type=_seconds, default=1.0, help="poll interval in seconds (> 0)"
+    )
+    scorer.add_argument("--lease", type=_seconds, default=300.0, help="claim lease in seconds")
     scorer.add_argument("--once", action="store_true", help="score what is pending, then exit")
     scorer.add_argument("--irt-params", help="tinyBenchmarks.pkl for tinyMMLU IRT estimates")
 
     serve = command("serve", _cmd_serve, "Serve results over HTTP (FastAPI).")
     store_arg(serve)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000, help="1..65535 (default 8000)")
     serve.add_argument(
         "--token",
         default=os.environ.get("TANDEM_TOKEN"),

@@ -8,7 +8,6 @@ every finished shard.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -48,11 +47,13 @@ def check_data(data_dir: Path) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> int:
+def run_demo(store: Path, data_dir: Path | None = None, use_ray: bool = True) -> int:
+    """Generate through a private Ray head (or in-process without ``use_ray``), score,
+    print the score table."""
     started = time.perf_counter()
-    data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
+    data_dir = data_dir.resolve() if data_dir else default_data_dir()
     check_data(data_dir)
-    store = Path(args.store).resolve()
+    store = store.resolve()
     store.mkdir(parents=True, exist_ok=True)
     spec_path = store / "demo.toml"
     spec_path.write_text(DEMO_SPEC.format(ifeval=20, tinymmlu=40, max_new_tokens=256))
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         "--data-dir",
         str(data_dir),
     ]
-    if args.no_ray:
+    if not use_ray:
         import subprocess
 
         code = subprocess.run([*entrypoint, "--local"]).returncode
@@ -90,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     run_store = Store(store)
     score_store(run_store, "demo-smollm2-135m", progress=True)
-    summary = run_store.read_json(run_store.run_path("demo-smollm2-135m", "summary.json"))
+    summary = run_store.summary("demo-smollm2-135m")
     print()
-    print_summary(summary)
+    if summary is not None:
+        print_summary(summary)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; store: {store}")
     return 0

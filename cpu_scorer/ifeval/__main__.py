@@ -10,14 +10,22 @@ from shared.errors import TandemError
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tandem.cli import add_ifeval_arguments  # the argument definitions live there
+
     parser = argparse.ArgumentParser(
         prog="python -m cpu_scorer.ifeval",
         description="Score IFEval responses from any system (Google's JSONL format).",
     )
-    _command.add_arguments(parser)
+    add_ifeval_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return _command.run(args)
+        return _command.run(
+            input_data=args.input_data,
+            responses=args.responses,
+            output=args.output,
+            summary=args.summary,
+            workers=args.workers,
+        )
     except TandemError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,68 +11,44 @@ the response line's fields without ``response``, with the input row's ``key`` an
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from shared.errors import TandemError
+from shared.jsonl import read_jsonl, require_fields
 
 # Below this many responses a progress bar is only noise.
 _PROGRESS_MIN = 1000
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--input-data",
-        required=True,
-        type=Path,
-        metavar="FILE",
-        help="the prompts: JSONL with key, prompt, instruction_id_list, kwargs",
-    )
-    parser.add_argument(
-        "--responses",
-        required=True,
-        type=Path,
-        metavar="FILE",
-        help="JSONL with prompt and response per line (other fields are kept)",
-    )
-    parser.add_argument(
-        "--output",
-        required=True,
-        type=Path,
-        metavar="FILE",
-        help="JSONL of verdicts, one line per response line",
-    )
-    parser.add_argument(
-        "--summary",
-        type=Path,
-        metavar="FILE",
-        help="write the four metrics as JSON here instead of to stderr",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="processes to score with (default: every core, for large inputs)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
+def run(
+    *,
+    input_data: Path,
+    responses: Path,
+    output: Path,
+    summary: Path | None = None,
+    workers: int | None = None,
+) -> int:
+    """Score ``responses`` against ``input_data``; write verdicts to ``output`` (and the
+    four metrics to ``summary``, else to stderr). Every input is validated first."""
     from cpu_scorer import ifeval
 
-    inputs = _read_input_data(args.input_data)
-    lines = list(_read_jsonl(args.responses))
+    if workers is not None and workers < 1:
+        raise TandemError(f"--workers must be a positive number of processes, got {workers}")
+    inputs = _read_input_data(input_data)
+    lines = list(read_jsonl(responses))
+    if not lines:
+        raise TandemError(f"{responses}: no responses (the file is empty); nothing to score")
     items, keys = [], []
     for number, line in lines:
-        prompt = _field(args.responses, number, line, "prompt")
-        response = _field(args.responses, number, line, "response")
+        prompt = _field(responses, number, line, "prompt")
+        response = _field(responses, number, line, "response")
         row = inputs.get(prompt)
         if row is None:
             raise TandemError(
-                f"{args.responses}:{number}: prompt not found in {args.input_data} "
+                f"{responses}:{number}: prompt not found in {input_data} "
                 f"(matched by exact text): {_preview(prompt)}{_closest(prompt, inputs)}"
             )
         items.append((prompt, response, row["instruction_id_list"], row["kwargs"]))
@@ -80,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress = _Progress(len(items)) if len(items) >= _PROGRESS_MIN else None
     try:
-        verdicts = ifeval.evaluate_many(items, workers=args.workers, progress=progress)
+        verdicts = ifeval.evaluate_many(items, workers=workers, progress=progress)
     finally:
         if progress:
             progress.close()
@@ -101,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
         )
-    _write_atomically(args.output, "".join(f"{line}\n" for line in out_lines))
+    _write_atomically(output, "".join(f"{line}\n" for line in out_lines))
 
     answered = set(keys)
     unanswered = sorted(row["key"] for row in inputs.values() if row["key"] not in answered)
@@ -112,45 +88,22 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     metrics = ifeval.aggregate(verdicts) if verdicts else {}
-    if args.summary:
-        summary = {
+    if summary is not None:
+        record = {
             **metrics,
             "responses": len(verdicts),
             "instructions": sum(len(v.strict) for v in verdicts),
             "prompts_without_response": unanswered,
         }
-        _write_atomically(args.summary, json.dumps(summary, indent=2) + "\n")
+        _write_atomically(summary, json.dumps(record, indent=2) + "\n")
     else:
         for name, value in metrics.items():
             print(f"{name}: {value:.4f}", file=sys.stderr)
     return 0
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as error:
-        raise TandemError(f"cannot read {path}: {error.strerror}") from error
-    with f:
-        for number, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise TandemError(f"{path}:{number}: not valid JSON: {error.msg}") from error
-            if not isinstance(value, dict):
-                raise TandemError(f"{path}:{number}: expected a JSON object per line")
-            yield number, value
-
-
 def _field(path: Path, number: int, line: dict[str, Any], name: str) -> Any:
-    if name not in line:
-        raise TandemError(f"{path}:{number}: missing field {name!r}")
-    if not isinstance(line[name], str):
-        raise TandemError(
-            f"{path}:{number}: field {name!r} must be a string, got {type(line[name]).__name__}"
-        )
+    require_fields(path, number, line, {name: str})
     return line[name]
 
 
@@ -159,20 +112,13 @@ def _read_input_data(path: Path) -> dict[str, dict[str, Any]]:
     from cpu_scorer.ifeval import _evaluate
 
     rows: dict[str, dict[str, Any]] = {}
-    for number, row in _read_jsonl(path):
-        for name, kind in (
-            ("key", int),
-            ("prompt", str),
-            ("instruction_id_list", list),
-            ("kwargs", list),
-        ):
-            if name not in row:
-                raise TandemError(f"{path}:{number}: missing field {name!r}")
-            if not isinstance(row[name], kind) or isinstance(row[name], bool):
-                raise TandemError(
-                    f"{path}:{number}: field {name!r} must be {kind.__name__}, "
-                    f"got {type(row[name]).__name__}"
-                )
+    for number, row in read_jsonl(path):
+        require_fields(
+            path,
+            number,
+            row,
+            {"key": int, "prompt": str, "instruction_id_list": list, "kwargs": list},
+        )
         try:
             _evaluate.prepare("", row["instruction_id_list"], row["kwargs"])
         except TandemError as error:
@@ -224,11 +170,7 @@ class _Progress:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Temp file, fsync, rename (the store's one publish routine): never half a file."""
-    from shared.store import Store
+    """Temp file, fsync, rename (shared.atomic): never half a file."""
+    from shared import atomic
 
-    path = path.resolve()
-    try:
-        Store(str(path.parent)).publish_bytes(str(path), text.encode("utf-8"))
-    except OSError as error:
-        raise TandemError(f"cannot write {path}: {error.strerror or error}") from error
+    atomic.write_file(path.resolve(), text.encode("utf-8"))

@@ -1,12 +1,14 @@
-"""Task definitions: load data, render prompts, hold gold answers.
+"""Task definitions: load data, render prompts, hold gold answers, declare scoring.
 
-``TASKS`` is the one registry: adding a task is one module and one line here.
-Loading happens only when a loader is called (never at import).
+``TASKS`` is the one registry: adding a task is one module and one line here. A task
+declares its kind, scorer, metrics and headline (``TaskDef``); the worker, the scorer,
+the summary, the API and the report all read them from here. Loading happens only when
+a loader is called (never at import).
 """
 
 from __future__ import annotations
 
-from shared.tasks._base import Sample, TaskDef, load_samples
+from shared.tasks._base import SCHEMA_FOR_KIND, Metric, Sample, TaskDef, TaskKind, load_samples
 from shared.tasks.arc import ARC_CHALLENGE, ARC_EASY
 from shared.tasks.boolq import BOOLQ
 from shared.tasks.glue import MRPC, RTE, SST2
@@ -32,7 +34,16 @@ TASKS: dict[str, TaskDef] = {
     PERPLEXITY.name: PERPLEXITY,
 }
 
-__all__ = ["TASKS", "Sample", "TaskDef", "load_samples", "get_task"]
+__all__ = [
+    "SCHEMA_FOR_KIND",
+    "TASKS",
+    "Metric",
+    "Sample",
+    "TaskDef",
+    "TaskKind",
+    "get_task",
+    "load_samples",
+]
 
 
 def get_task(name: str) -> TaskDef:

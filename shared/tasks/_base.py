@@ -1,18 +1,34 @@
-"""What a task is: a named, ordered list of samples and how the worker must run them."""
+"""What a task is: a named, ordered list of samples, how the worker runs them, and how
+the scorer turns them into numbers.
+
+A task *declares* its kind (what the worker computes), its scorer (the name of the CPU
+scorer that turns a shard into per-sample metrics) and its metrics with their
+aggregations, and which metric is its headline, like lm-eval's ``output_type`` and
+``metric_list``. The scorer, the summary, the API and the report read these; nothing
+downstream infers a task's nature from its name or the shape of its rows.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from shared.errors import TandemError
+from shared.jsonl import read_jsonl
 
 # generate: free-form generation (IFEval). multiple_choice: per-choice log-likelihoods.
 # rolling: log-likelihood of whole texts (perplexity).
-OutputType = Literal["generate", "multiple_choice", "rolling"]
+TaskKind = Literal["generate", "multiple_choice", "rolling"]
+OutputType = TaskKind  # the older name
+
+# The Parquet schema a worker writes for each kind of task.
+SCHEMA_FOR_KIND: dict[str, str] = {
+    "generate": "generations",
+    "multiple_choice": "loglikelihoods",
+    "rolling": "rolling",
+}
 
 
 @dataclass(frozen=True)
@@ -37,15 +53,51 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Metric:
+    """A number a task reports. ``aggregation`` names how the scorer computes it from the
+    task's scored samples (``cpu_scorer.aggregations``): ``mean`` (of a per-sample value,
+    with its standard error), ``inst_mean`` (over IFEval's instructions), ``f1``,
+    ``perplexity``, ``tinybenchmarks_irt``, ``by_instruction`` (a breakdown, not a number)."""
+
+    name: str
+    aggregation: str = "mean"
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
 class TaskDef:
     name: str
-    output: OutputType
+    kind: TaskKind
     description: str
     # load(data_dir) -> samples in canonical order; data_dir None means the HF hub.
     loader: Callable[[Path | None], list[Sample]]
+    # The CPU scorer for its shards (``cpu_scorer.scorers.SCORERS``).
+    scorer: str
+    metrics: tuple[Metric, ...]
+    # The one metric a runs table shows for this task.
+    headline: str
     # Whether an instruct model's chat template applies under chat_template="auto".
     # lm-eval scores log-likelihood tasks on the raw text unless told otherwise.
     chat_by_default: bool = False
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.metrics]
+        if self.headline not in names:
+            raise TandemError(f"task {self.name}: headline {self.headline!r} is not in {names}")
+
+    @property
+    def output(self) -> TaskKind:
+        """The kind under its older name."""
+        return self.kind
+
+    @property
+    def schema(self) -> str:
+        """The Parquet schema of this task's generation shards."""
+        return SCHEMA_FOR_KIND[self.kind]
+
+
+# The metrics every multiple-choice task reports (lm-eval's acc and acc_norm).
+CHOICE_METRICS = (Metric("acc"), Metric("acc_norm"))
 
 
 def load_samples(task: TaskDef, data_dir: str | Path | None, limit: int | None) -> list[Sample]:
@@ -57,44 +109,44 @@ def load_samples(task: TaskDef, data_dir: str | Path | None, limit: int | None) 
     return samples[:limit] if limit else samples
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; TandemError naming file and line."""
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as error:
-        raise TandemError(f"cannot read {path}: {error.strerror}") from error
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TandemError(f"{path}:{number}: not valid JSON: {error.msg}") from error
-            if not isinstance(obj, dict):
-                raise TandemError(f"{path}:{number}: expected a JSON object per line")
-            yield number, obj
+@dataclass(frozen=True)
+class HubSource:
+    """Where lm-eval loads a task's rows on the Hugging Face hub."""
+
+    path: str
+    name: str | None
+    split: str
 
 
-def require_fields(path: Path, number: int, obj: dict[str, Any], fields: dict[str, type]) -> None:
-    for name, kind in fields.items():
-        if name not in obj:
-            raise TandemError(f"{path}:{number}: missing field {name!r}")
-        if not isinstance(obj[name], kind):
-            raise TandemError(
-                f"{path}:{number}: field {name!r} must be {kind.__name__}, "
-                f"got {type(obj[name]).__name__}"
-            )
+Numbered = list[tuple[int, dict[str, Any]]]
+
+
+def load_rows(
+    task: str, data_dir: Path | None, files: list[str], hub: HubSource
+) -> tuple[Path, Numbered]:
+    """(source, [(line number, row)]) from the first of ``files`` found under
+    ``data_dir`` (see ``find_data_file``), or from the hub when there is no data_dir."""
+    if data_dir is None:
+        rows = load_from_hub(task, hub.path, hub.name, hub.split)
+        return Path(hub.path), list(enumerate(rows, start=1))
+    source = find_data_file(data_dir, task, files)
+    return source, list(read_jsonl(source))
 
 
 def find_data_file(data_dir: Path, task: str, candidates: list[str]) -> Path:
-    """Locate a task's file under data_dir (either data_dir/<task>/<file> or data_dir/<file>)."""
+    """The first candidate found in data_dir, data_dir/<task> or data_dir/mc/<task>.
+
+    The last form is the layout of the project's shared data folder, so
+    ``--data-dir ../shared/data`` works for every task.
+    """
+    folders = (data_dir, data_dir / task, data_dir / "mc" / task)
     for name in candidates:
-        for path in (data_dir / name, data_dir / task / name):
+        for folder in folders:
+            path = folder / name
             if path.is_file():
                 return path
     raise TandemError(
-        f"task {task}: none of {candidates} found in {data_dir} or {data_dir / task}; "
+        f"task {task}: none of {candidates} found in {', '.join(str(f) for f in folders)}; "
         "point --data-dir (or data_dir in the spec) at a folder holding them"
     )
 

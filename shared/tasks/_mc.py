@@ -10,30 +10,47 @@ acc_norm divides by the length of the choice *without* that space, so each sampl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from shared.errors import TandemError
-from shared.tasks._base import Sample
+from shared.tasks._base import (
+    CHOICE_METRICS,
+    HubSource,
+    Metric,
+    Numbered,
+    Sample,
+    TaskDef,
+    load_rows,
+)
 
 TARGET_DELIMITER = " "
 
 
-def find_mc_file(data_dir: Path, task: str, candidates: list[str]) -> Path:
-    """The first candidate found in data_dir, data_dir/<task> or data_dir/mc/<task>.
+def choice_task(
+    name: str,
+    description: str,
+    files: list[str],
+    hub: HubSource,
+    samples: Callable[[Path, Numbered], list[Sample]],
+    headline: str = "acc_norm",
+    metrics: tuple[Metric, ...] = CHOICE_METRICS,
+) -> TaskDef:
+    """A multiple-choice task whose rows come from one JSONL file or the hub, turned
+    into samples by ``samples(source, numbered rows)``."""
 
-    The last form is the layout of the project's shared data folder, so
-    ``--data-dir ../shared/data`` works for every task.
-    """
-    folders = (data_dir, data_dir / task, data_dir / "mc" / task)
-    for name in candidates:
-        for folder in folders:
-            path = folder / name
-            if path.is_file():
-                return path
-    raise TandemError(
-        f"task {task}: none of {candidates} found in {', '.join(str(f) for f in folders)}; "
-        "point --data-dir (or data_dir in the spec) at a folder holding them"
+    def load(data_dir: Path | None) -> list[Sample]:
+        return samples(*load_rows(name, data_dir, files, hub))
+
+    return TaskDef(
+        name=name,
+        kind="multiple_choice",
+        description=description,
+        loader=load,
+        scorer="choices",
+        metrics=metrics,
+        headline=headline,
     )
 
 

@@ -7,20 +7,19 @@ labels (``A``-``E`` for most items, ``1``-``4`` for some). acc and acc_norm.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from shared.errors import TandemError
-from shared.tasks._base import Sample, TaskDef, load_from_hub, read_jsonl, require_fields
-from shared.tasks._mc import find_mc_file, mc_sample
+from shared.jsonl import require_fields
+from shared.tasks._base import HubSource, Numbered, Sample
+from shared.tasks._mc import choice_task, mc_sample
 
 
 def render_arc(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
-def _rows_to_samples(source: Path, numbered: list[tuple[int, dict[str, Any]]]) -> list[Sample]:
+def _rows_to_samples(source: Path, numbered: Numbered) -> list[Sample]:
     samples = []
     for number, row in numbered:
         require_fields(
@@ -55,27 +54,18 @@ def _rows_to_samples(source: Path, numbered: list[tuple[int, dict[str, Any]]]) -
     return samples
 
 
-def _loader(task: str, config: str, filename: str) -> Callable[[Path | None], list[Sample]]:
-    def load(data_dir: Path | None) -> list[Sample]:
-        if data_dir is None:
-            rows = load_from_hub(task, "allenai/ai2_arc", config, "test")
-            return _rows_to_samples(Path("allenai/ai2_arc"), list(enumerate(rows, start=1)))
-        source = find_mc_file(data_dir, task, [filename])
-        return _rows_to_samples(source, list(read_jsonl(source)))
-
-    return load
-
-
-ARC_EASY = TaskDef(
-    name="arc_easy",
-    output="multiple_choice",
-    description="ARC-Easy test (2376 grade-school science questions), acc and acc_norm",
-    loader=_loader("arc_easy", "ARC-Easy", "ARC-Easy-test.jsonl"),
+ARC_EASY = choice_task(
+    "arc_easy",
+    "ARC-Easy test (2376 grade-school science questions), acc and acc_norm",
+    ["ARC-Easy-test.jsonl"],
+    HubSource("allenai/ai2_arc", "ARC-Easy", "test"),
+    _rows_to_samples,
 )
 
-ARC_CHALLENGE = TaskDef(
-    name="arc_challenge",
-    output="multiple_choice",
-    description="ARC-Challenge test (1172 harder science questions), acc and acc_norm",
-    loader=_loader("arc_challenge", "ARC-Challenge", "ARC-Challenge-test.jsonl"),
+ARC_CHALLENGE = choice_task(
+    "arc_challenge",
+    "ARC-Challenge test (1172 harder science questions), acc and acc_norm",
+    ["ARC-Challenge-test.jsonl"],
+    HubSource("allenai/ai2_arc", "ARC-Challenge", "test"),
+    _rows_to_samples,
 )

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import TandemError
-from shared.tasks._base import Sample, TaskDef, load_from_hub, read_jsonl, require_fields
-from shared.tasks._mc import find_mc_file, mc_sample
+from shared.jsonl import require_fields
+from shared.tasks._base import HubSource, Numbered, Sample
+from shared.tasks._mc import choice_task, mc_sample
 
 CHOICES = ["no", "yes"]
 _LABELS: dict[Any, int] = {"false": 0, "true": 1, False: 0, True: 1}
@@ -36,7 +37,7 @@ def parse_label(source: Path, number: int, label: Any) -> int:
     )
 
 
-def _samples(source: Path, numbered: list[tuple[int, dict[str, Any]]]) -> list[Sample]:
+def _samples(source: Path, numbered: Numbered) -> list[Sample]:
     samples = []
     for index, (number, row) in enumerate(numbered):
         require_fields(source, number, row, {"passage": str, "question": str})
@@ -55,17 +56,12 @@ def _samples(source: Path, numbered: list[tuple[int, dict[str, Any]]]) -> list[S
     return samples
 
 
-def _load(data_dir: Path | None) -> list[Sample]:
-    if data_dir is None:
-        rows = load_from_hub("boolq", "aps/super_glue", "boolq", "validation")
-        return _samples(Path("aps/super_glue"), list(enumerate(rows, start=1)))
-    source = find_mc_file(data_dir, "boolq", ["val.jsonl"])
-    return _samples(source, list(read_jsonl(source)))
-
-
-BOOLQ = TaskDef(
-    name="boolq",
-    output="multiple_choice",
-    description="BoolQ validation (3270 yes/no questions on a passage), acc and acc_norm",
-    loader=_load,
+# lm-eval's super_glue/boolq reports acc only; acc_norm is computed too.
+BOOLQ = choice_task(
+    "boolq",
+    "BoolQ validation (3270 yes/no questions on a passage), acc and acc_norm",
+    ["val.jsonl"],
+    HubSource("aps/super_glue", "boolq", "validation"),
+    _samples,
+    headline="acc",
 )

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from shared.tasks._base import Sample, TaskDef, load_from_hub, read_jsonl, require_fields
-from shared.tasks._mc import check_gold, find_mc_file, mc_sample
+from shared.jsonl import require_fields
+from shared.tasks._base import CHOICE_METRICS, HubSource, Metric, Numbered, Sample, TaskDef
+from shared.tasks._mc import check_gold, choice_task, mc_sample
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ _MRPC = _Glue(
 )
 
 
-def _samples(glue: _Glue, source: Path, numbered: list[tuple[int, dict[str, Any]]]) -> list[Sample]:
+def _samples(glue: _Glue, source: Path, numbered: Numbered) -> list[Sample]:
     samples = []
     for index, (number, row) in enumerate(numbered):
         require_fields(source, number, row, {field: str for field in glue.fields})
@@ -72,32 +74,23 @@ def _samples(glue: _Glue, source: Path, numbered: list[tuple[int, dict[str, Any]
     return samples
 
 
-def _loader(glue: _Glue) -> Callable[[Path | None], list[Sample]]:
-    def load(data_dir: Path | None) -> list[Sample]:
-        if data_dir is None:
-            rows = load_from_hub(glue.name, "nyu-mll/glue", glue.name, "validation")
-            return _samples(glue, Path("nyu-mll/glue"), list(enumerate(rows, start=1)))
-        source = find_mc_file(data_dir, glue.name, [f"glue_{glue.name}_validation.jsonl"])
-        return _samples(glue, source, list(read_jsonl(source)))
+def _task(glue: _Glue, description: str, metrics: tuple[Metric, ...] = CHOICE_METRICS) -> TaskDef:
+    # lm-eval's glue tasks report acc (and f1 for MRPC); acc_norm is computed too.
+    return choice_task(
+        glue.name,
+        description,
+        [f"glue_{glue.name}_validation.jsonl"],
+        HubSource("nyu-mll/glue", glue.name, "validation"),
+        partial(_samples, glue),
+        headline="acc",
+        metrics=metrics,
+    )
 
-    return load
 
-
-RTE = TaskDef(
-    name="rte",
-    output="multiple_choice",
-    description="GLUE RTE validation (277 entailment pairs), acc and acc_norm",
-    loader=_loader(_RTE),
-)
-SST2 = TaskDef(
-    name="sst2",
-    output="multiple_choice",
-    description="GLUE SST-2 validation (872 movie-review sentences), acc and acc_norm",
-    loader=_loader(_SST2),
-)
-MRPC = TaskDef(
-    name="mrpc",
-    output="multiple_choice",
-    description="GLUE MRPC validation (408 paraphrase pairs), acc, acc_norm and f1",
-    loader=_loader(_MRPC),
+RTE = _task(_RTE, "GLUE RTE validation (277 entailment pairs), acc and acc_norm")
+SST2 = _task(_SST2, "GLUE SST-2 validation (872 movie-review sentences), acc and acc_norm")
+MRPC = _task(
+    _MRPC,
+    "GLUE MRPC validation (408 paraphrase pairs), acc, acc_norm and f1",
+    (*CHOICE_METRICS, Metric("f1", "f1")),
 )

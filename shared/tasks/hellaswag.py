@@ -28,8 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import TandemError
-from shared.tasks._base import Sample, TaskDef, load_from_hub, read_jsonl, require_fields
-from shared.tasks._mc import check_gold, find_mc_file, mc_sample
+from shared.jsonl import read_jsonl, require_fields
+from shared.tasks._base import (
+    CHOICE_METRICS,
+    Numbered,
+    Sample,
+    TaskDef,
+    find_data_file,
+    load_from_hub,
+)
+from shared.tasks._mc import check_gold, mc_sample
 
 _SPAN = re.compile(r"\[.*?\]")
 
@@ -56,7 +64,7 @@ def _fix_text_line(line: str) -> str:
     return _SPAN.sub("", line).replace("  ", " ") if "[" in line else line
 
 
-def _from_raw(source: Path, numbered: list[tuple[int, dict[str, Any]]]) -> list[Sample]:
+def _from_raw(source: Path, numbered: Numbered) -> list[Sample]:
     samples = []
     for index, (number, row) in enumerate(numbered):
         require_fields(
@@ -121,7 +129,7 @@ def _load(data_dir: Path | None) -> list[Sample]:
     if data_dir is None:
         rows = load_from_hub("hellaswag", "Rowan/hellaswag", None, "validation")
         return _from_raw(Path("Rowan/hellaswag"), list(enumerate(rows, start=1)))
-    source = find_mc_file(
+    source = find_data_file(
         data_dir,
         "hellaswag",
         ["hellaswag_val.jsonl", "hellaswag_val_full.txt.bz2", "hellaswag_val_full.txt"],
@@ -131,9 +139,13 @@ def _load(data_dir: Path | None) -> list[Sample]:
     return _from_text(source)
 
 
+# Two file formats (raw JSONL or llama.cpp's text copy), so not a plain choice_task.
 HELLASWAG = TaskDef(
     name="hellaswag",
-    output="multiple_choice",
+    kind="multiple_choice",
     description="HellaSwag validation (10042 sentence endings), acc and acc_norm",
     loader=_load,
+    scorer="choices",
+    metrics=CHOICE_METRICS,
+    headline="acc_norm",
 )

@@ -5,24 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.errors import TandemError
-from shared.tasks._base import (
-    Sample,
-    TaskDef,
-    find_data_file,
-    load_from_hub,
-    read_jsonl,
-    require_fields,
-)
+from shared.jsonl import require_fields
+from shared.tasks._base import HubSource, Metric, Sample, TaskDef, load_rows
 
 
 def _load(data_dir: Path | None) -> list[Sample]:
-    if data_dir is None:
-        rows = load_from_hub("ifeval", "google/IFEval", None, "train")
-        numbered = list(enumerate(rows, start=1))
-        source = Path("google/IFEval")
-    else:
-        source = find_data_file(data_dir, "ifeval", ["input_data.jsonl"])
-        numbered = list(read_jsonl(source))
+    source, numbered = load_rows(
+        "ifeval", data_dir, ["input_data.jsonl"], HubSource("google/IFEval", None, "train")
+    )
     samples = []
     for number, row in numbered:
         require_fields(
@@ -54,8 +44,17 @@ def _load(data_dir: Path | None) -> list[Sample]:
 
 IFEVAL = TaskDef(
     name="ifeval",
-    output="generate",
+    kind="generate",
     description="IFEval: 541 prompts with 25 kinds of verifiable instructions",
     loader=_load,
+    scorer="ifeval",
+    metrics=(
+        Metric("prompt_level_strict_acc"),
+        Metric("inst_level_strict_acc", "inst_mean"),
+        Metric("prompt_level_loose_acc"),
+        Metric("inst_level_loose_acc", "inst_mean"),
+        Metric("by_instruction", "by_instruction"),
+    ),
+    headline="prompt_level_strict_acc",
     chat_by_default=True,
 )

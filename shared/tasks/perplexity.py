@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from shared.errors import TandemError
-from shared.tasks._base import Sample, TaskDef, load_from_hub
+from shared.tasks._base import Metric, Sample, TaskDef, load_from_hub
 
 DEFAULT_WINDOW: int | None = None
 DEFAULT_STRIDE: int | None = None
@@ -79,7 +79,13 @@ def _load(data_dir: Path | None) -> list[Sample]:
 
 PERPLEXITY = TaskDef(
     name="perplexity",
-    output="rolling",
+    kind="rolling",
     description="Perplexity of held-out .txt files: word/token perplexity, bits per byte",
     loader=_load,
+    scorer="rolling",
+    metrics=tuple(
+        Metric(name, "perplexity", higher_is_better=False)
+        for name in ("word_perplexity", "token_perplexity", "byte_perplexity", "bits_per_byte")
+    ),
+    headline="word_perplexity",
 )

@@ -8,11 +8,18 @@ gold = label (0 -> sol1). No preprocessing. The local copy is the original relea
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from shared.errors import TandemError
-from shared.tasks._base import Sample, TaskDef, load_from_hub, read_jsonl, require_fields
-from shared.tasks._mc import check_gold, find_mc_file, mc_sample
+from shared.jsonl import read_jsonl, require_fields
+from shared.tasks._base import (
+    CHOICE_METRICS,
+    Numbered,
+    Sample,
+    TaskDef,
+    find_data_file,
+    load_from_hub,
+)
+from shared.tasks._mc import check_gold, mc_sample
 
 
 def render_piqa(goal: str) -> str:
@@ -34,7 +41,7 @@ def _read_labels(path: Path) -> list[int]:
     return labels
 
 
-def _samples(source: Path, numbered: list[tuple[int, dict[str, Any]]]) -> list[Sample]:
+def _samples(source: Path, numbered: Numbered) -> list[Sample]:
     samples = []
     for index, (number, row) in enumerate(numbered):
         require_fields(source, number, row, {"goal": str, "sol1": str, "sol2": str})
@@ -53,8 +60,8 @@ def _load(data_dir: Path | None) -> list[Sample]:
     if data_dir is None:
         rows = load_from_hub("piqa", "baber/piqa", None, "validation")
         return _samples(Path("baber/piqa"), list(enumerate(rows, start=1)))
-    source = find_mc_file(data_dir, "piqa", ["valid.jsonl"])
-    labels_path = find_mc_file(data_dir, "piqa", ["valid-labels.lst"])
+    source = find_data_file(data_dir, "piqa", ["valid.jsonl"])
+    labels_path = find_data_file(data_dir, "piqa", ["valid-labels.lst"])
     numbered = list(read_jsonl(source))
     labels = _read_labels(labels_path)
     if len(labels) != len(numbered):
@@ -67,9 +74,13 @@ def _load(data_dir: Path | None) -> list[Sample]:
     return _samples(source, numbered)
 
 
+# Labels live in a second file, so not a plain choice_task.
 PIQA = TaskDef(
     name="piqa",
-    output="multiple_choice",
+    kind="multiple_choice",
     description="PIQA validation (1838 physical-commonsense pairs), acc and acc_norm",
     loader=_load,
+    scorer="choices",
+    metrics=CHOICE_METRICS,
+    headline="acc_norm",
 )

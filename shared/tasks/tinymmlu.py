@@ -5,26 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.errors import TandemError
-from shared.tasks._base import (
-    Sample,
-    TaskDef,
-    find_data_file,
-    load_from_hub,
-    read_jsonl,
-    require_fields,
-)
+from shared.jsonl import require_fields
+from shared.tasks._base import CHOICE_METRICS, HubSource, Metric, Sample, TaskDef, load_rows
 
 LETTERS = ("A", "B", "C", "D")
 
 
 def _load(data_dir: Path | None) -> list[Sample]:
-    if data_dir is None:
-        rows = load_from_hub("tinymmlu", "tinyBenchmarks/tinyMMLU", "all", "test")
-        numbered = list(enumerate(rows, start=1))
-        source = Path("tinyBenchmarks/tinyMMLU")
-    else:
-        source = find_data_file(data_dir, "tinymmlu", ["tinyMMLU_test.jsonl"])
-        numbered = list(read_jsonl(source))
+    source, numbered = load_rows(
+        "tinymmlu",
+        data_dir,
+        ["tinyMMLU_test.jsonl"],
+        HubSource("tinyBenchmarks/tinyMMLU", "all", "test"),
+    )
     samples = []
     for doc_id, (number, row) in enumerate(numbered):
         require_fields(source, number, row, {"input_formatted": str, "answer": int, "subject": str})
@@ -46,7 +39,15 @@ def _load(data_dir: Path | None) -> list[Sample]:
 
 TINYMMLU = TaskDef(
     name="tinymmlu",
-    output="multiple_choice",
+    kind="multiple_choice",
     description="tinyMMLU: 100 MMLU items (5-shot), accuracy + tinyBenchmarks IRT estimates",
     loader=_load,
+    scorer="choices",
+    metrics=(
+        *CHOICE_METRICS,
+        Metric("irt", "tinybenchmarks_irt"),
+        Metric("pirt", "tinybenchmarks_irt"),
+        Metric("gpirt", "tinybenchmarks_irt"),
+    ),
+    headline="acc_norm",
 )

@@ -15,11 +15,11 @@ continuation, acc_norm (same divisor for both) can only equal acc.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from shared.errors import TandemError
-from shared.tasks._base import Sample, TaskDef, load_from_hub, read_jsonl, require_fields
-from shared.tasks._mc import TARGET_DELIMITER, find_mc_file
+from shared.jsonl import require_fields
+from shared.tasks._base import HubSource, Numbered, Sample
+from shared.tasks._mc import TARGET_DELIMITER, choice_task
 
 _ANSWERS = {"1": 0, "2": 1}
 
@@ -31,7 +31,7 @@ def split_sentence(sentence: str, options: list[str]) -> tuple[list[str], str]:
     return contexts, sentence[blank + 1 :].strip()
 
 
-def _samples(source: Path, numbered: list[tuple[int, dict[str, Any]]]) -> list[Sample]:
+def _samples(source: Path, numbered: Numbered) -> list[Sample]:
     samples = []
     for index, (number, row) in enumerate(numbered):
         require_fields(
@@ -59,17 +59,12 @@ def _samples(source: Path, numbered: list[tuple[int, dict[str, Any]]]) -> list[S
     return samples
 
 
-def _load(data_dir: Path | None) -> list[Sample]:
-    if data_dir is None:
-        rows = load_from_hub("winogrande", "allenai/winogrande", "winogrande_xl", "validation")
-        return _samples(Path("allenai/winogrande"), list(enumerate(rows, start=1)))
-    source = find_mc_file(data_dir, "winogrande", ["winogrande_xl_validation.jsonl"])
-    return _samples(source, list(read_jsonl(source)))
-
-
-WINOGRANDE = TaskDef(
-    name="winogrande",
-    output="multiple_choice",
-    description="WinoGrande XL validation (1267 pronoun blanks), partial evaluation, acc",
-    loader=_load,
+# lm-eval reports acc; acc_norm is computed too and always equals it here.
+WINOGRANDE = choice_task(
+    "winogrande",
+    "WinoGrande XL validation (1267 pronoun blanks), partial evaluation, acc",
+    ["winogrande_xl_validation.jsonl"],
+    HubSource("allenai/winogrande", "winogrande_xl", "validation"),
+    _samples,
+    headline="acc",
 )

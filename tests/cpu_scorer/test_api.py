@@ -7,7 +7,6 @@ import io
 import json
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import httpx
@@ -218,7 +217,7 @@ def test_non_loopback_binding_needs_a_token(scored_store: Path) -> None:
     for host in ("0.0.0.0", "::", "192.168.1.10", "example.com"):
         assert not is_loopback(host)
         with pytest.raises(TandemError, match="without a token"):
-            api.run(Namespace(store=str(scored_store), host=host, port=8000, token=None))
+            api.serve(str(scored_store), host=host, port=8000, token=None)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     # The CLI says so and exits 2 before binding anything.
     done = subprocess.run(

@@ -43,8 +43,8 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def args_for(tmp_path: Path, responses: list, inputs: list = INPUTS, **extra) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    _command.add_arguments(parser)
+    from tandem.cli import build_parser  # the CLI owns argv; the command takes its fields
+
     argv = [
         "--input-data",
         str(write_jsonl(tmp_path / "input_data.jsonl", inputs)),
@@ -55,7 +55,9 @@ def args_for(tmp_path: Path, responses: list, inputs: list = INPUTS, **extra) ->
     ]
     for name, value in extra.items():
         argv += [f"--{name}", str(value)]
-    return parser.parse_args(argv)
+    parsed = build_parser().parse_args(["ifeval", *argv])
+    fields = ("input_data", "responses", "output", "summary", "workers")
+    return argparse.Namespace(**{name: getattr(parsed, name) for name in fields})
 
 
 def test_one_line_per_response_in_order_with_other_fields_kept(tmp_path, capsys) -> None:
@@ -65,7 +67,7 @@ def test_one_line_per_response_in_order_with_other_fields_kept(tmp_path, capsys)
         {"prompt": "Say hi without commas.", "response": "hi there", "model": "b"},
     ]
     args = args_for(tmp_path, responses)
-    assert _command.run(args) == 0
+    assert _command.run(**vars(args)) == 0
     lines = [json.loads(line) for line in args.output.read_text().splitlines()]
     assert [(x["key"], x["model"]) for x in lines] == [(2, "a"), (1, "a"), (1, "b")]
     assert "response" not in lines[0]
@@ -90,7 +92,7 @@ def test_one_line_per_response_in_order_with_other_fields_kept(tmp_path, capsys)
 def test_summary_file(tmp_path) -> None:
     responses = [{"prompt": "Say hi without commas.", "response": "hi"}]
     args = args_for(tmp_path, responses, summary=tmp_path / "summary.json")
-    assert _command.run(args) == 0
+    assert _command.run(**vars(args)) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["prompt_level_strict_acc"] == 1.0
     assert summary["inst_level_loose_acc"] == 1.0
@@ -122,7 +124,7 @@ def test_bad_responses_name_file_and_line(tmp_path, responses_text, expected) ->
     args = args_for(tmp_path, [])
     args.responses.write_text(responses_text, encoding="utf-8")
     with pytest.raises(TandemError, match=expected):
-        _command.run(args)
+        _command.run(**vars(args))
     assert not args.output.exists()
 
 
@@ -141,7 +143,7 @@ def test_bad_input_data_names_line_and_key(tmp_path) -> None:
         TandemError,
         match=r"input_data.jsonl:4 \(key 4\): keywords:frequency: missing kwarg 'relation'",
     ):
-        _command.run(args)
+        _command.run(**vars(args))
 
 
 def test_module_entry_point_exits_2_with_the_message(tmp_path) -> None:

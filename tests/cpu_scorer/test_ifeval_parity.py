@@ -116,7 +116,7 @@ def test_command_writes_the_reference_file_byte_for_byte(parity: dict, tmp_path:
         summary=tmp_path / "summary.json",
         workers=1,
     )
-    assert _command.run(args) == 0
+    assert _command.run(**vars(args)) == 0
     ours = args.output.read_text(encoding="utf-8").splitlines()
     theirs = (DATA / "parity" / "verdicts.jsonl").read_text(encoding="utf-8").splitlines()
     random_keys = {key for key, _ in parity["random"]}
@@ -144,7 +144,7 @@ def test_same_input_same_bytes_in_a_fresh_process(tmp_path: Path) -> None:
         summary=tmp_path / "here.json",
         workers=1,
     )
-    assert _command.run(args) == 0
+    assert _command.run(**vars(args)) == 0
     subprocess.run(
         [
             sys.executable,

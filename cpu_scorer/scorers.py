@@ -1,0 +1,204 @@
+"""Per-sample scoring of one generation shard, by the scorer its task declares.
+
+``SCORERS`` is the one registry: a task names its scorer (``TaskDef.scorer``), the scorer
+names the Parquet schema it reads, and ``score_table`` turns a generation table into a
+scores table. A score shard is a pure function of its generation shard and
+SCORER_VERSION: its provenance (created_at included) is copied from the generation
+shard, so two scorers racing on one shard write byte-identical files.
+
+Also computed once per shard, here, and carried in the score shard's metadata: the
+shard's telemetry (samples, model seconds, tokens), so a summary never re-reads a
+generation shard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from shared.errors import TandemError
+from shared.schema import extras_of, make_table, provenance_of, upgrade
+from shared.tasks import TaskDef
+
+SCORER_VERSION = "1"
+
+Rows = list[dict[str, Any]]
+
+
+def load_doc(row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        doc = json.loads(row["doc"] or "{}")
+    except json.JSONDecodeError as error:
+        raise TandemError(f"sample {row['sample_id']}: doc column is not JSON") from error
+    if not isinstance(doc, dict):
+        raise TandemError(f"sample {row['sample_id']}: doc column is not a JSON object")
+    return doc
+
+
+def _score_row_base(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": row["run_id"],
+        "task": row["task"],
+        "sample_id": row["sample_id"],
+        "metrics": [],
+        "instruction_id_list": None,
+        "inst_level_strict": None,
+        "inst_level_loose": None,
+        "prediction": None,
+        "scorer_version": SCORER_VERSION,
+        "error": row.get("error"),
+    }
+
+
+def score_ifeval(rows: Rows) -> Rows:
+    from cpu_scorer import ifeval
+
+    docs = [load_doc(r) for r in rows]
+    for row, doc in zip(rows, docs, strict=True):
+        if not doc.get("instruction_id_list"):
+            raise TandemError(f"ifeval sample {row['sample_id']}: no instructions to check")
+    todo = [i for i, r in enumerate(rows) if not r.get("error")]
+    verdicts = ifeval.evaluate_many(
+        [
+            (
+                rows[i]["prompt"],
+                rows[i]["response"],
+                docs[i]["instruction_id_list"],
+                docs[i]["kwargs"],
+            )
+            for i in todo
+        ]
+    )
+    out = [_score_row_base(r) for r in rows]
+    for index, verdict in zip(todo, verdicts, strict=True):
+        strict, loose = list(verdict.strict), list(verdict.loose)
+        out[index].update(
+            instruction_id_list=docs[index]["instruction_id_list"],
+            inst_level_strict=strict,
+            inst_level_loose=loose,
+            metrics=[
+                ("prompt_level_strict_acc", float(all(strict))),
+                ("inst_level_strict_acc", sum(strict) / len(strict)),
+                ("prompt_level_loose_acc", float(all(loose))),
+                ("inst_level_loose_acc", sum(loose) / len(loose)),
+            ],
+        )
+    return out
+
+
+def score_choices(rows: Rows) -> Rows:
+    from cpu_scorer import multiple_choice
+
+    out = []
+    for row in rows:
+        scored = _score_row_base(row)
+        if not row.get("error"):
+            doc = load_doc(row)
+            choice_texts = doc.get("choice_texts") or [c.lstrip(" ") for c in row["choices"]]
+            result = multiple_choice.score_row(row["logprobs"], choice_texts, row["gold"])
+            scored["metrics"] = sorted(result["metrics"].items())
+            scored["prediction"] = result["prediction"]
+        out.append(scored)
+    return out
+
+
+def score_rolling(rows: Rows) -> Rows:
+    out = []
+    for row in rows:
+        scored = _score_row_base(row)
+        if not row.get("error"):
+            scored["metrics"] = [
+                ("bytes", float(row["bytes"])),
+                ("logprob", float(row["logprob"])),
+                ("tokens", float(row["tokens"])),
+                ("words", float(row["words"])),
+            ]
+        out.append(scored)
+    return out
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A CPU scorer: the generation schema it reads, its per-row function, and the
+    per-sample metric whose value 1 means "passed" (what compare flips on; None when
+    the task has no pass/fail)."""
+
+    schema: str
+    score: Callable[[Rows], Rows]
+    pass_metric: str | None
+
+
+SCORERS: dict[str, Scorer] = {
+    "ifeval": Scorer("generations", score_ifeval, "prompt_level_strict_acc"),
+    "choices": Scorer("loglikelihoods", score_choices, "acc"),
+    "rolling": Scorer("rolling", score_rolling, None),
+}
+
+
+def scorer_for(task: TaskDef) -> Scorer:
+    from shared.errors import unknown_name
+
+    try:
+        return SCORERS[task.scorer]
+    except KeyError:
+        raise unknown_name(f"scorer (task {task.name})", task.scorer, SCORERS) from None
+
+
+def read_generation(table: pa.Table, task: TaskDef) -> tuple[pa.Table, Rows]:
+    """The shard upgraded to its schema's current version, checked to be the kind of
+    shard ``task`` produces, and its rows."""
+    kind, table = upgrade(table)
+    if kind != task.schema:
+        raise TandemError(
+            f"a {kind} shard in the folder of task {task.name!r}, whose shards are "
+            f"{task.schema}; it belongs to another task"
+        )
+    return table, table.to_pylist()
+
+
+def score_table(generation: pa.Table, task: TaskDef) -> pa.Table:
+    """Score one generation shard (any schema version) of ``task`` into a scores table."""
+    generation, rows = read_generation(generation, task)
+    return score_rows(generation, rows, task)
+
+
+def score_rows(generation: pa.Table, rows: Rows, task: TaskDef) -> pa.Table:
+    scored = scorer_for(task).score(rows) if rows else []
+    extra = {"telemetry": json.dumps(shard_telemetry(generation), sort_keys=True)}
+    worker = extras_of(generation).get("worker")
+    if worker:
+        extra["worker"] = worker
+    return make_table("scores", scored, provenance_of(generation), extra)
+
+
+def shard_telemetry(table: pa.Table) -> dict[str, Any]:
+    """Model time and token counts of one generation shard, summed once at scoring.
+
+    Each row carries its batch's wall time and the requests the batch held; a row is
+    one request, or one per choice, and its share is time x its requests / size.
+    """
+    names = table.column_names
+    telemetry: dict[str, Any] = {"samples": table.num_rows, "model_seconds": 0.0}
+    if "batch_seconds" in names:
+        share = table.column("batch_seconds").to_pylist()
+        sizes = (
+            table.column("batch_size").to_pylist() if "batch_size" in names else [1] * len(share)
+        )
+        requests = (
+            [len(c or ()) or 1 for c in table.column("choices").to_pylist()]
+            if "choices" in names
+            else [1] * len(share)
+        )
+        telemetry["model_seconds"] = sum(
+            s * k / max(1, n or 0)
+            for s, n, k in zip(share, sizes, requests, strict=True)
+            if s is not None
+        )
+    for column in ("generated_tokens", "prompt_tokens"):
+        if column in names:
+            telemetry[column] = sum(v or 0 for v in table.column(column).to_pylist())
+    return telemetry
