@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from gpu_worker import tokens as token_rules
-from gpu_worker.adapters import AdapterConfig, check_adapter, merged_model_dir
+from gpu_worker.adapters import AdapterConfig, merged_model_dir, precheck_adapter
 from gpu_worker.backends.base import (
     BackendInfo,
     GenerationRequest,
@@ -155,10 +155,7 @@ class VLLMBackend:
         self.adapter: AdapterConfig | None = None
         self.lora = None
         if spec.adapter:
-            from transformers import AutoConfig
-
-            base_config = AutoConfig.from_pretrained(load_path, revision=spec.revision)
-            self.adapter = check_adapter(spec.adapter, spec.model, load_path, base_config)
+            self.adapter = precheck_adapter(spec.adapter, spec.model, load_path, spec.revision)
             if spec.merge_adapter:
                 # Merged weights serve at full speed, no LoRA kernels in the loop.
                 load_path = str(merged_model_dir(load_path, spec.adapter))
@@ -246,13 +243,14 @@ class VLLMBackend:
         ]
         shared: dict[tuple[int, tuple[str, ...]], Any] = {}
         for request, ids in zip(requests, encoded, strict=True):
-            limit = self.spec.generation.max_prompt_tokens or max(
-                1, self.max_length - request.max_new_tokens
+            ids, cut = token_rules.truncate_prompt(
+                ids,
+                self.eos_id,
+                self.max_length,
+                request.max_new_tokens,
+                self.spec.generation.max_prompt_tokens,
             )
-            ids = ids or [self.eos_id]
-            cut = max(0, len(ids) - limit)
-            # Cut from the left: the instruction sits at the end of a chat prompt.
-            prompts.append(ids[cut:])
+            prompts.append(ids)
             cuts.append(cut)
             key = (request.max_new_tokens, request.stop)
             if key not in shared:
@@ -370,18 +368,14 @@ class VLLMBackend:
             if not tokens:
                 results.append(RollingResult(0.0, 0, error="empty text"))
                 continue
-            limit = self.max_length - 1
-            window = min(request.window or limit, limit)
-            stride = min(request.stride or window, window)
             sequence = [self.prefix_id, *tokens]
-            prompts, keeps = [], []
-            done, n = 0, len(tokens)
-            while done < n:
-                until = min(done + (window if done == 0 else stride), n)
-                # Targets sequence[done+1 .. until] after at most `window` tokens of context.
-                prompts.append(sequence[max(0, until - window) : until + 1])
-                keeps.append(until - done)
-                done = until
+            windows = token_rules.rolling_windows(
+                len(tokens), self.max_length - 1, request.window, request.stride
+            )
+            # The prompt runs through the last target: prompt_logprobs score each
+            # position's own token, so target sequence[i] sits at position i.
+            prompts = [sequence[start : until + 1] for start, _, until in windows]
+            keeps = [until - done for _, done, until in windows]
             scored, seconds = self._prompt_logprobs(prompts)
             total = 0.0
             for prompt, keep, positions in zip(prompts, keeps, scored, strict=True):
