@@ -20,6 +20,7 @@ import logging
 import os
 from typing import Any
 
+from gpu_worker.adapters import precheck_adapter
 from gpu_worker.precision import detect_platform, refusal
 from shared.errors import TandemError
 from shared.spec import RunSpec
@@ -54,32 +55,31 @@ def create(spec: RunSpec) -> Any:
         # unsloth replaces the attention forward with its own kernels, which may build
         # their own causal mask: a packed row's tree mask is not known to survive that
         # (no GPU has checked it), so every request is a plain row, as lm-eval runs it.
-        _packing_depth = 0
+        packs_loglikelihood = False
 
         def _load_model(self, path: str) -> Any:
-            import torch
-
-            from gpu_worker.adapters import check_adapter
-
             if self.spec.adapter:
-                from transformers import AutoConfig
-
-                base = AutoConfig.from_pretrained(path, revision=self.spec.revision)
-                check_adapter(self.spec.adapter, self.spec.model, path, base)
-            dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-            compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+                precheck_adapter(self.spec.adapter, self.spec.model, path, self.spec.revision)
             options: dict[str, Any] = {
                 "model_name": path,
                 "max_seq_length": 4096,
-                "dtype": dtypes.get(self.precision, compute),
+                "dtype": self._compute_dtype(),
                 "load_in_4bit": self.precision == "nf4",
                 "load_in_8bit": self.precision == "int8",
             }
             options.update(self.spec.engine_kwargs)  # e.g. max_seq_length, token
             model, _ = FastLanguageModel.from_pretrained(**options)
             if self.spec.adapter:
-                model = self._attach_adapter(model)
+                model = self._attach_adapter(model, self.spec.adapter)
             FastLanguageModel.for_inference(model)
             return model
+
+        def _compute_dtype(self) -> Any:
+            """bf16/fp16 as asked; int8/nf4 compute in bf16 where the GPU has it."""
+            import torch
+
+            dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+            compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return dtypes.get(self.precision, compute)
 
     return UnslothBackend(spec)
