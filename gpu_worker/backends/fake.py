@@ -17,6 +17,7 @@ from gpu_worker.backends.base import (
     RollingRequest,
     RollingResult,
 )
+from gpu_worker.precision import Platform
 from shared.spec import RunSpec
 
 _WORDS = "the model answers every question with these few plain words only".split()
@@ -24,6 +25,11 @@ _WORDS = "the model answers every question with these few plain words only".spli
 
 def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def refusal(precision: str, platform: Platform) -> str | None:
+    """The fake runs anywhere: it computes nothing in any precision."""
+    return None
 
 
 class FakeBackend:

