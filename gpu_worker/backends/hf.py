@@ -30,6 +30,7 @@ from gpu_worker.backends.base import (
     RollingResult,
 )
 from gpu_worker.batching import available_cores
+from gpu_worker.hardware import device_name, host_name
 from gpu_worker.models import resolve_model
 from gpu_worker.precision import (
     BNB_CPU_MIN,
@@ -246,6 +247,11 @@ class HFBackend:
     def prefix_token_id(self) -> int:
         return token_rules.prefix_token_id(self.tokenizer)
 
+    def _engine_version(self) -> str:
+        import transformers
+
+        return transformers.__version__
+
     def info(self) -> dict[str, Any]:
         import torch
 
@@ -256,6 +262,14 @@ class HFBackend:
             chat_template_sha256=token_rules.chat_template_sha256(self.tokenizer),
             precision=self.precision,
             device=self.device,
+            backend=self.name,
+            engine=self.engine,
+            engine_version=self._engine_version(),
+            dtype=self.dtype,
+            device_name=device_name(self.device),
+            host=host_name(),
+            batch_size=str(self.spec.generation.batch_size),
+            threads=torch.get_num_threads() if self.device == "cpu" else None,
             extra={"torch_threads": torch.get_num_threads(), "max_length": self.max_length},
         ).as_dict()
 

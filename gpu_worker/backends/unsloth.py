@@ -63,6 +63,7 @@ def create(spec: RunSpec) -> Any:
     # what log-likelihood needs; unsloth may skip them to save memory in training.
     os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")
     try:
+        import unsloth
         from unsloth import FastLanguageModel
     except ImportError as error:
         raise TandemError(f"backend 'unsloth' needs unsloth: {INSTALL} ({error})") from error
@@ -70,6 +71,7 @@ def create(spec: RunSpec) -> Any:
 
     class UnslothBackend(HFBackend):
         name = "unsloth"
+        engine = "unsloth"
         # unsloth replaces the attention forward with its own kernels, which may build
         # their own causal mask: a packed row's tree mask is not known to survive that
         # (no GPU has checked it), so every request is a plain row, as lm-eval runs it.
@@ -91,6 +93,9 @@ def create(spec: RunSpec) -> Any:
                 model = self._attach_adapter(model, self.spec.adapter)
             FastLanguageModel.for_inference(model)
             return model
+
+        def _engine_version(self) -> str:
+            return str(getattr(unsloth, "__version__", ""))
 
         def _compute_dtype(self) -> Any:
             """bf16/fp16 as asked; int8/nf4 compute in bf16 where the GPU has it."""

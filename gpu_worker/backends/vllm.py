@@ -37,6 +37,7 @@ from gpu_worker.backends.base import (
     RollingRequest,
     RollingResult,
 )
+from gpu_worker.hardware import device_name, host_name
 from gpu_worker.models import resolve_model
 from gpu_worker.precision import (
     Platform,
@@ -213,7 +214,13 @@ class VLLMBackend:
         self._vllm = vllm
         self.llm = vllm.LLM(**options)
         self.tokenizer = self.llm.get_tokenizer()
-        self.max_length = int(self.llm.llm_engine.model_config.max_model_len)
+        model_config = self.llm.llm_engine.model_config
+        self.max_length = int(model_config.max_model_len)
+        # What "auto" and the quantization resolved to, as vLLM loaded the model.
+        dtype = str(getattr(model_config, "dtype", options["dtype"])).removeprefix("torch.")
+        self.dtype = (
+            f"{self.precision} ({quantization}, compute {dtype})" if quantization else dtype
+        )
         self.eos_id = self.tokenizer.eos_token_id
         # What an empty context and a rolling text's first token are conditioned on:
         # BOS when the tokenizer has one, else EOS, exactly as the hf backend and lm-eval.
@@ -230,6 +237,8 @@ class VLLMBackend:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def info(self) -> dict[str, Any]:
+        import torch
+
         return BackendInfo(
             model_id=self.resolved.model_id,
             model_revision=self.resolved.revision,
@@ -237,6 +246,14 @@ class VLLMBackend:
             chat_template_sha256=token_rules.chat_template_sha256(self.tokenizer),
             precision=self.precision,
             device=self.device,
+            backend=self.name,
+            engine="vllm",
+            engine_version=self.vllm_version,
+            dtype=self.dtype,
+            device_name=device_name(self.device),
+            host=host_name(),
+            batch_size=str(self.spec.generation.batch_size),
+            threads=torch.get_num_threads() if self.device == "cpu" else None,
             extra={
                 "vllm_version": self.vllm_version,
                 "max_length": self.max_length,
