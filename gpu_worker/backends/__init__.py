@@ -2,13 +2,18 @@
 
 Each factory imports its heavy library only when chosen, so a machine without vLLM
 can still run the hf backend, and a missing extra fails only when that backend is
-picked, naming the install command.
+picked, naming the install command. What a backend can do (precisions, adapters) is
+declared here, and why it refuses a precision on a platform in its own module's
+``refusal(precision, platform)``: both are known without importing any engine.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from gpu_worker.backends.base import (
     Backend,
@@ -22,38 +27,71 @@ from gpu_worker.backends.base import (
 from shared.errors import TandemError, unknown_name
 from shared.spec import RunSpec
 
-# name -> (module, extra that provides it). One line per backend.
-BACKENDS: dict[str, tuple[str, str]] = {
-    "hf": ("gpu_worker.backends.hf", "worker"),
-    "vllm": ("gpu_worker.backends.vllm", "vllm"),
-    "unsloth": ("gpu_worker.backends.unsloth", "unsloth"),
-    "fake": ("gpu_worker.backends.fake", "worker"),
+if TYPE_CHECKING:
+    from gpu_worker.precision import Platform
+
+ALL_PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """A registered backend: where it lives and what it can run."""
+
+    module: str  # defines create(spec) and refusal(precision, platform)
+    extra: str  # the tandem-eval extra that installs its engine
+    precisions: tuple[str, ...]  # concrete precisions it can run somewhere
+    adapters: bool  # takes a LoRA adapter
+    merge: bool  # can merge the adapter into the weights (merge_adapter = true)
+
+
+# One line per backend. shared.spec.BackendName must list the same names (a test checks).
+BACKENDS: dict[str, BackendEntry] = {
+    "hf": BackendEntry("gpu_worker.backends.hf", "worker", ALL_PRECISIONS, True, True),
+    "vllm": BackendEntry("gpu_worker.backends.vllm", "vllm", ALL_PRECISIONS, True, True),
+    "unsloth": BackendEntry(
+        "gpu_worker.backends.unsloth", "unsloth", ("bf16", "fp16", "int8", "nf4"), True, True
+    ),
+    # Accepts every precision and adapter and runs none: tests only.
+    "fake": BackendEntry("gpu_worker.backends.fake", "worker", ALL_PRECISIONS, False, False),
 }
 
 __all__ = [
     "BACKENDS",
     "Backend",
+    "BackendEntry",
     "GenerationRequest",
     "GenerationResult",
     "LoglikelihoodRequest",
     "LoglikelihoodResult",
     "RollingRequest",
     "RollingResult",
+    "backend_refusal",
     "create_backend",
 ]
+
+
+def _module(name: str) -> ModuleType:
+    entry = BACKENDS[name]
+    try:
+        return importlib.import_module(entry.module)
+    except ImportError as error:
+        raise TandemError(
+            f"backend {name!r} needs the {entry.extra!r} extra: "
+            f"pip install 'tandem-eval[{entry.extra}]' ({error})"
+        ) from error
+
+
+def backend_refusal(name: str) -> Callable[[str, Platform], str | None]:
+    """The backend's own ``refusal(precision, platform)``; importing its module loads
+    no engine."""
+    if name not in BACKENDS:
+        raise unknown_name("backend", name, BACKENDS)
+    return _module(name).refusal
 
 
 def create_backend(spec: RunSpec) -> Backend:
     """Build the backend the spec names; errors name the missing extra."""
     if spec.backend not in BACKENDS:
         raise unknown_name("backend", spec.backend, BACKENDS)
-    module_name, extra = BACKENDS[spec.backend]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise TandemError(
-            f"backend {spec.backend!r} needs the {extra!r} extra: "
-            f"pip install 'tandem-eval[{extra}]' ({error})"
-        ) from error
-    factory: Callable[[RunSpec], Backend] = module.create
+    factory: Callable[[RunSpec], Backend] = _module(spec.backend).create
     return factory(spec)

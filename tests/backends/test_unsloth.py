@@ -57,7 +57,7 @@ def test_unsloth_scores_every_request_as_a_plain_row(monkeypatch) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gpu_worker.backends import LoglikelihoodRequest, create_backend
+    from gpu_worker.backends import LoglikelihoodRequest, _hf_loglik, create_backend
     from gpu_worker.backends import hf as hf_module
     from gpu_worker.backends import unsloth as unsloth_module
 
@@ -83,21 +83,21 @@ def test_unsloth_scores_every_request_as_a_plain_row(monkeypatch) -> None:
 
     backend = create_backend(RunSpec(tasks=("arc_easy",), backend="unsloth", device="cpu"))
     assert backend.name == "unsloth" and loaded and loaded[0]["dtype"] == torch.bfloat16
-    assert backend._packing_depth == 0
+    assert backend.scorer.packing_depth == 0
     requests = [
         LoglikelihoodRequest("Question: What do bees make?\nAnswer:", choice)
         for choice in (" honey", " honey from nectar", " milk")
     ]
     packed_calls = []
     monkeypatch.setattr(
-        hf_module.HFBackend,
-        "_loglikelihood_packed",
+        _hf_loglik.LoglikelihoodScorer,
+        "_packed_rows",
         lambda self, pairs: packed_calls.append(pairs) or iter(()),
     )
     results = backend.loglikelihood(requests)
     assert all(not pairs for pairs in packed_calls)
     rows = dict(
-        backend._loglikelihood_rows(
+        backend.scorer._plain_rows(
             [backend.split_pair(r.context, r.continuation) for r in requests]
         )
     )

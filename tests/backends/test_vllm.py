@@ -75,15 +75,12 @@ def test_finish_reasons() -> None:
 
 
 @pytest.mark.slow
-def test_token_boundary_same_as_hf(embedded_dir) -> None:
+def test_token_boundary_same_as_hf(embedded_dir, embedded_backend) -> None:
     """Both backends must split context/continuation where lm-eval does."""
     from transformers import AutoTokenizer
 
-    from gpu_worker.backends.hf import HFBackend
-
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
-    hf = HFBackend.__new__(HFBackend)
-    hf.tokenizer = tokenizer
+    hf = embedded_backend
 
     def encode(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]

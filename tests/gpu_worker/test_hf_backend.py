@@ -97,7 +97,7 @@ PACKED_QUESTIONS = {
 def _full_rows(backend, requests):
     """lm-eval's way: one plain row per request (the backend's fallback path)."""
     rows = dict(
-        backend._loglikelihood_rows(
+        backend.scorer._plain_rows(
             [backend.split_pair(r.context, r.continuation) for r in requests]
         )
     )
@@ -121,16 +121,16 @@ def test_packed_rows_equal_full_rows(embedded_backend, monkeypatch, pack_tokens)
     requests = [LoglikelihoodRequest(c, k) for c, ks in PACKED_QUESTIONS.items() for k in ks]
     expected = _full_rows(backend, requests)
     if pack_tokens is not None:
-        monkeypatch.setattr(type(backend), "_pack_tokens", pack_tokens)
+        monkeypatch.setattr(backend.scorer, "pack_tokens", pack_tokens)
     seen = []
-    packed = type(backend)._loglikelihood_packed
+    packed = type(backend.scorer)._packed_rows
 
     def spy(self, pairs):
         for index, result in packed(self, pairs):
             seen.append(result.batch_size)
             yield index, result
 
-    monkeypatch.setattr(type(backend), "_loglikelihood_packed", spy)
+    monkeypatch.setattr(type(backend.scorer), "_packed_rows", spy)
     _assert_same(backend.loglikelihood(requests), expected, requests)
     assert len(seen) == len(requests)  # every request went through the packed path
     if pack_tokens is not None:
@@ -138,7 +138,7 @@ def test_packed_rows_equal_full_rows(embedded_backend, monkeypatch, pack_tokens)
 
 
 def test_packing_shares_prefixes_and_pads_nothing():
-    from gpu_worker.backends.hf import _pack_rows
+    from gpu_worker.backends._hf_loglik import _pack_rows
 
     sequences = [(1, 2, 3, 4), (1, 2, 3, 5), (1, 2, 3, 5), (1, 2), (9, 9, 9, 9, 9, 9), (7,)]
 
@@ -158,20 +158,21 @@ def test_packing_shares_prefixes_and_pads_nothing():
 
 def test_packing_depth_follows_the_attention_kernel_and_window(embedded_backend, monkeypatch):
     backend = embedded_backend
+    scorer = backend.scorer
     config = backend.model.config
-    from gpu_worker.backends import hf
+    from gpu_worker.backends import _hf_loglik
 
     # sdpa, no sliding window: the model's window, capped (the mask is length^2)
-    assert backend._packing_depth == min(backend.max_length, hf.PACK_DEPTH_LIMIT)
+    assert scorer.packing_depth == min(backend.max_length, _hf_loglik.PACK_DEPTH_LIMIT)
     with monkeypatch.context() as patch:
-        patch.setattr(hf, "PACK_DEPTH_LIMIT", 100)
-        assert backend._packing_depth == 100
+        patch.setattr(_hf_loglik, "PACK_DEPTH_LIMIT", 100)
+        assert scorer.packing_depth == 100
     with monkeypatch.context() as patch:
         # A kernel that takes no custom mask: nothing is packed.
         patch.setattr(config, "_attn_implementation_internal", "flash_attention_2")
-        assert backend._packing_depth == 0
+        assert scorer.packing_depth == 0
     monkeypatch.setattr(config, "sliding_window", 8, raising=False)
-    assert backend._packing_depth == 8
+    assert scorer.packing_depth == 8
 
 
 def test_what_cannot_be_packed_runs_as_full_rows(embedded_backend, monkeypatch):
@@ -186,7 +187,7 @@ def test_what_cannot_be_packed_runs_as_full_rows(embedded_backend, monkeypatch):
         assert not pairs, "nothing here fits a window of 8 tokens"
         yield from ()
 
-    monkeypatch.setattr(type(backend), "_loglikelihood_packed", refuse)
+    monkeypatch.setattr(type(backend.scorer), "_packed_rows", refuse)
     _assert_same(backend.loglikelihood(requests), expected, requests)
 
 
@@ -213,7 +214,7 @@ def test_a_forward_that_ignores_logits_to_keep_gives_the_same_numbers(
     requests = [LoglikelihoodRequest(c, k) for c, ks in PACKED_QUESTIONS.items() for k in ks]
     rolling = [RollingRequest("The quick brown fox jumps over the lazy dog. " * 3, 16, 8)]
     expected = backend.loglikelihood(requests), backend.loglikelihood_rolling(rolling)
-    monkeypatch.setattr(backend, "model", _IgnoresLogitsToKeep(backend.model))
+    monkeypatch.setattr(backend.scorer, "model", _IgnoresLogitsToKeep(backend.model))
     _assert_same(backend.loglikelihood(requests), expected[0], requests)
     (got,) = backend.loglikelihood_rolling(rolling)
     assert abs(got.logprob - expected[1][0].logprob) < 1e-4

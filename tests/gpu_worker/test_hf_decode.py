@@ -1,5 +1,5 @@
-"""The hf backend's own greedy loop (_decode_greedy) against transformers' generate, on
-the embedded SmolLM2 (fp32, CPU): token for token, with early EOS, stop strings and
+"""The hf backend's own greedy loop (GreedyDecoder._decode_greedy) against transformers'
+generate, on the embedded SmolLM2 (fp32, CPU): token for token, with early EOS, stop strings and
 rows leaving the batch while others go on."""
 
 from __future__ import annotations
@@ -29,30 +29,32 @@ def _key(result):
 
 def test_loop_equals_generate_with_early_eos(embedded_backend):
     backend = embedded_backend
+    decoder = backend.decoder
     items = _items(backend, PROMPTS)
-    assert backend._shared_prefix(items) > 0  # the chat template's system prompt
-    loop = backend._decode_greedy(items, 48, ())
+    assert decoder._shared_prefix(items) > 0  # the chat template's system prompt
+    loop = decoder._decode_greedy(items, 48, ())
     assert loop is not None, "the embedded model should run the custom loop"
-    reference = backend._generate_with_generate(items, 48, ())
+    reference = decoder._generate_with_generate(items, 48, ())
     assert [_key(r) for r in loop] == [_key(r) for r in reference]
     reasons = {r.finish_reason for r in loop}
     assert reasons == {"eos", "length"}, reasons  # rows left the batch while others ran on
     # One at a time through generate: batching and rows dropping out change nothing.
     for item, together in zip(items, loop, strict=True):
-        alone = backend._generate_with_generate([item], 48, ())[0]
+        alone = decoder._generate_with_generate([item], 48, ())[0]
         assert _key(alone) == _key(together)
 
 
 def test_loop_equals_generate_with_stop_strings(embedded_backend):
     backend = embedded_backend
+    decoder = backend.decoder
     items = _items(backend, PROMPTS)
-    full = backend._decode_greedy(items, 40, ())
+    full = decoder._decode_greedy(items, 40, ())
     long_texts = [r.text for r in full if len(r.text.split()) > 4]
     assert len(long_texts) >= 2
     # Strings the unconstrained outputs are known to contain, plus one never produced.
     stop = (long_texts[0].split()[3], long_texts[1].split()[2], "@@never@@")
-    loop = backend._decode_greedy(items, 40, stop)
-    reference = backend._generate_with_generate(items, 40, stop)
+    loop = decoder._decode_greedy(items, 40, stop)
+    reference = decoder._generate_with_generate(items, 40, stop)
     assert [_key(r) for r in loop] == [_key(r) for r in reference]
     assert sum(r.finish_reason == "stop" for r in loop) >= 2
     for before, after in zip(full, loop, strict=True):
@@ -66,16 +68,17 @@ def test_rows_leaving_the_batch_do_not_change_the_others(embedded_backend, monke
     """A short prompt that ends at once next to long ones: the cache is compacted (and
     its shared left padding dropped) mid-batch; a tiny growth step makes the in-place
     cache reallocate several times."""
-    from gpu_worker.backends import hf
+    from gpu_worker.backends import _hf_decode
 
-    monkeypatch.setattr(hf, "CACHE_GROWTH", 3)
+    monkeypatch.setattr(_hf_decode, "CACHE_GROWTH", 3)
     backend = embedded_backend
+    decoder = backend.decoder
     long_prompt = "Summarise this: " + "the cat sat on the mat and looked at the birds. " * 6
     prompts = [long_prompt + " Reply with the word done only.", *PROMPTS[1:4]]
     items = _items(backend, prompts)
-    together = backend._decode_greedy(items, 32, ())
+    together = decoder._decode_greedy(items, 32, ())
     for item, result in zip(items, together, strict=True):
-        alone = backend._decode_greedy([item], 32, ())[0]
+        alone = decoder._decode_greedy([item], 32, ())[0]
         assert _key(alone) == _key(result)
     assert min(r.generated_tokens for r in together) < 32
 
@@ -85,20 +88,20 @@ def test_generate_uses_the_loop_and_falls_back(embedded_backend):
 
     backend = embedded_backend
     requests = [GenerationRequest(backend.render(p, True), 24) for p in PROMPTS[:3]]
-    assert backend._decode_loop_supported()
+    assert backend.decoder.loop_supported
     fast = backend.generate(requests)
-    backend.__dict__["_decode_loop"] = False  # as for a model the loop cannot run
+    backend.decoder.loop_supported = False  # as for a model the loop cannot run
     try:
         slow = backend.generate(requests)
     finally:
-        backend.__dict__["_decode_loop"] = True
+        backend.decoder.loop_supported = True
     assert [_key(r) for r in fast] == [_key(r) for r in slow]
 
 
 def test_growing_layer_matches_concatenation():
     import torch
 
-    from gpu_worker.backends.hf import _GrowingLayer
+    from gpu_worker.backends._hf_decode import _GrowingLayer
 
     torch.manual_seed(0)
     keys, values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)

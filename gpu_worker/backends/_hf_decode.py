@@ -1,0 +1,512 @@
+"""The hf backend's greedy decoder: tandem's own loop over ``model(...)`` with the KV cache.
+
+Token for token what transformers' ``generate`` gives (tests/gpu_worker/test_hf_decode.py
+checks it), but faster on the batches an evaluation has: prompts are prefilled in
+groups of similar length instead of padded to the batch's longest, the chat template's
+system prompt goes through the model once per batch, the cache grows in place, only
+the last position reaches the LM head, and a row leaves the batch as soon as it ends.
+Models the loop cannot run (encoder-decoder, caches that are not a plain
+``DynamicCache``) fall back to ``generate``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, cast
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from gpu_worker.backends.base import GenerationRequest, GenerationResult
+from gpu_worker.batching import length_sorted_batches
+
+log = logging.getLogger(__name__)
+
+# Padded tokens per prefill pass of the greedy loop, and the columns the cache grows by.
+PREFILL_TOKEN_BUDGET = 4096
+CACHE_GROWTH = 128
+
+# A prompt's token ids (already cut to fit) and how many tokens were cut from its left.
+Prompt = tuple[list[int], int]
+
+
+def is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
+
+
+def forward_parameters(model: Any) -> Mapping[str, inspect.Parameter]:
+    """The parameters of the model's forward (the base model's, under a peft wrapper);
+    empty for a callable that has no ``forward`` (a test's stand-in)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    forward = getattr(type(base), "forward", None)
+    return inspect.signature(forward).parameters if forward is not None else {}
+
+
+class _GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values are views of a buffer with free columns after
+    them: a step writes its column in place instead of concatenating (a full copy of
+    the cache per layer per step, a fifth of a decode step at 120 tokens)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+        super().__init__()
+        self.device = keys.device
+        self.is_initialized = True
+        self._keys, self._values, self._length = keys, values, length
+        self._view()
+
+    def _view(self) -> None:
+        self.keys = self._keys[:, :, : self._length]
+        self.values = self._values[:, :, : self._length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        added = key_states.shape[-2]
+        if self._length + added > self._keys.shape[-2]:
+            grow = max(added, CACHE_GROWTH)
+            self._keys = F.pad(self._keys, (0, 0, 0, grow))
+            self._values = F.pad(self._values, (0, 0, 0, grow))
+        self._keys[:, :, self._length : self._length + added] = key_states
+        self._values[:, :, self._length : self._length + added] = value_states
+        self._length += added
+        self._view()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._view()
+
+    def drop_columns(self, start: int, count: int) -> None:
+        """Forget ``count`` columns from ``start`` on (padding no remaining row uses)."""
+
+        def drop(buffer: torch.Tensor) -> torch.Tensor:
+            if start == 0:
+                return buffer[:, :, count:]
+            return torch.cat([buffer[:, :, :start], buffer[:, :, start + count :]], 2)
+
+        self._keys, self._values = drop(self._keys), drop(self._values)
+        self._length -= count
+        self._view()
+
+    def crop(self, max_length: int) -> None:  # pragma: no cover - not used by the loop
+        raise NotImplementedError
+
+    def batch_repeat_interleave(self, repeats: int) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class GreedyDecoder:
+    """Greedy, batched generation for one loaded transformers model.
+
+    ``template_prefix``: the chat template's tokens before the user's message (see
+    ``_shared_prefix``), [] for a model without a template. ``batch_size``: rows per
+    generation batch, or "auto" to size them for the KV cache (and probe on a GPU).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        device: str,
+        precision: str,
+        eos_ids: set[int],
+        max_length: int,
+        batch_size: int | Literal["auto"] = "auto",
+        template_prefix: Sequence[int] = (),
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.precision = precision
+        self.eos_ids = eos_ids
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.template_prefix = list(template_prefix)
+        parameters = forward_parameters(model)
+        # Our loop needs a decoder-only model whose forward takes ``logits_to_keep`` and
+        # returns a plain DynamicCache (checked at the first prefill, which turns this
+        # off otherwise). Anything else keeps transformers' ``generate``.
+        self.loop_supported = not getattr(
+            getattr(model, "config", None), "is_encoder_decoder", False
+        ) and ("logits_to_keep" in parameters)
+        # transformers 5.x renamed forward's past_key_values to cache.
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        # Auto batch size per 256-token length bucket, found by probing (GPU only).
+        self.probed_batch: dict[int, int] = {}
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], prompts: Sequence[Prompt]
+    ) -> list[GenerationResult]:
+        """One result per request, in order; ``prompts`` are the requests' token ids."""
+        results: list[GenerationResult | None] = [None] * len(requests)
+        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault((request.max_new_tokens, request.stop), []).append(index)
+        for (max_new, stop), indices in groups.items():
+            encoded = [prompts[index] for index in indices]
+            lengths = [len(ids) for ids, _ in encoded]
+            size = self._generation_batch_size(max(lengths) + max_new)
+            for batch in length_sorted_batches(lengths, size):
+                items = [encoded[i] for i in batch]
+                for position, result in zip(
+                    batch, self._generate_batch(items, max_new, stop), strict=True
+                ):
+                    results[indices[position]] = result
+        return [r for r in results if r is not None]
+
+    # ---- batch size ----------------------------------------------------------------------
+    def _generation_batch_size(self, longest_total: int) -> int:
+        """Rows per generation batch. ``longest_total`` is the longest prompt plus
+        max_new_tokens: the KV cache grows to that length, so a batch that prefills
+        fine can still run out of memory 1000 tokens later."""
+        if isinstance(self.batch_size, int):
+            return self.batch_size
+        estimate = self._kv_batch_estimate(longest_total)
+        if self.device != "cuda":
+            return estimate
+        return self._probe_batch_size(estimate, longest_total)
+
+    def _probe_batch_size(self, start: int, longest_total: int) -> int:
+        """On a GPU, run the worst-case shape once (``start`` rows of ``longest_total``
+        tokens, cache on) and halve until it fits; the answer is kept per length
+        bucket. A forward over the full length allocates the final KV cache and larger
+        activations than any decoding step, so a size that passes here fits the real
+        batch; an out-of-memory there anyway is still halved by _generate_batch."""
+        bucket = max(longest_total, min(-(-longest_total // 256) * 256, self.max_length))
+        if bucket in self.probed_batch:
+            return self.probed_batch[bucket]
+        size = start
+        while size > 1 and not self._fits(size, bucket):
+            size //= 2
+        self.probed_batch[bucket] = size
+        return size
+
+    @torch.inference_mode()
+    def _fits(self, size: int, length: int) -> bool:
+        ids = torch.full((size, length), self.tokenizer.pad_token_id, device=self.device)
+        try:
+            self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            return True
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not is_oom(error):
+                raise
+            log.info("auto batch size: %d x %d tokens does not fit; halving", size, length)
+            return False
+        finally:
+            del ids
+            torch.cuda.empty_cache()
+
+    def _kv_batch_estimate(self, longest_total: int) -> int:
+        """Rows whose KV cache at full length fits the memory budget."""
+        config = self.model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
+        bytes_per = 2 if self.precision in ("bf16", "fp16") else 4
+        kv_per_token = 2 * config.num_hidden_layers * heads * head_dim * bytes_per
+        if self.device == "cuda":
+            free, _ = torch.cuda.mem_get_info()
+            budget = int(free * 0.5)
+        else:
+            budget = 1 << 30  # 1 GiB of KV cache: keeps the CPU demo well under 4 GB
+        by_memory = max(1, budget // max(1, kv_per_token * longest_total))
+        return int(min(64, by_memory))
+
+    # ---- one batch -----------------------------------------------------------------------
+    def _generate_batch(
+        self, items: list[Prompt], max_new: int, stop: tuple[str, ...]
+    ) -> list[GenerationResult]:
+        try:
+            return self._generate_padded(items, max_new, stop)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not is_oom(error) or len(items) == 1:
+                raise
+            # Halve and retry the same items: never drop a batch.
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+            half = len(items) // 2
+            log.warning(
+                "out of memory at batch %d; retrying as %d + %d",
+                len(items),
+                half,
+                len(items) - half,
+            )
+            return self._generate_batch(items[:half], max_new, stop) + self._generate_batch(
+                items[half:], max_new, stop
+            )
+
+    @torch.inference_mode()
+    def _generate_padded(
+        self, items: list[Prompt], max_new: int, stop: tuple[str, ...]
+    ) -> list[GenerationResult]:
+        if self.loop_supported:
+            results = self._decode_greedy(items, max_new, stop)
+            if results is not None:
+                return results
+        return self._generate_with_generate(items, max_new, stop)
+
+    def _prefill_groups(self, lengths: list[int]) -> list[list[int]]:
+        """Rows of similar length (longest first) for one prefill pass each: a prompt
+        costs its own length, not the batch's longest (a third of the prefill of a
+        sorted IFEval batch of 64 was padding)."""
+        order = sorted(range(len(lengths)), key=lambda r: (-lengths[r], r))
+        groups: list[list[int]] = []
+        for row in order:
+            if groups:
+                head = lengths[groups[-1][0]]
+                fits = head - lengths[row] <= max(4, head // 10)
+                if fits and head * (len(groups[-1]) + 1) <= PREFILL_TOKEN_BUDGET:
+                    groups[-1].append(row)
+                    continue
+            groups.append([row])
+        return groups
+
+    def _shared_prefix(self, items: list[Prompt]) -> int:
+        """Tokens of the chat template before the user's message (SmolLM2's system
+        prompt: 24 of its ~74-token IFEval prompts) when every prompt of the batch
+        starts with them: they go through the model once per batch. The split depends
+        on the template only, never on the batch, so a prompt is prefilled in the same
+        two passes alone and batched (bf16 and nf4 greedy text stays batch-invariant)."""
+        prefix = self.template_prefix
+        shared = len(prefix)
+        if self.precision in ("int8", "nf4"):
+            # nf4 on CPU: a batched row's greedy text flipped against the same prompt
+            # alone with the prefix split (conformance suite); quantized models prefill
+            # whole prompts, which keeps them batch-invariant as before.
+            return 0
+        if shared and all(len(ids) > shared and ids[:shared] == prefix for ids, _ in items):
+            return shared
+        return 0
+
+    def _plain_cache(self, cache: Any) -> bool:
+        """Whether ``cache`` is one the loop can grow in place; if not, the loop is off
+        for good and ``generate`` runs instead."""
+        supported = type(cache) is DynamicCache and all(
+            type(layer) is DynamicLayer for layer in cache.layers
+        )
+        if not supported:
+            self.loop_supported = False
+        return supported
+
+    def _prefill(
+        self, items: list[Prompt], shared: int, room: int
+    ) -> tuple[DynamicCache, torch.Tensor] | None:
+        """Every prompt through the model once, merged into one cache with ``room`` free
+        columns at the end. The ``shared`` first tokens common to all prompts go through
+        once; the rest of each prompt goes in groups of similar length. Layout of a row:
+        [shared prefix | padding | rest of its prompt]; positions count real tokens
+        only, so the padding in the middle is as invisible as on the left. None if the
+        model's cache is not a plain DynamicCache."""
+        pad = self.tokenizer.pad_token_id
+        rests = [len(ids) - shared for ids, _ in items]
+        width = shared + max(rests)
+        first = torch.empty(len(items), dtype=torch.long, device=self.device)
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        prefix: Any = None
+        if shared:
+            out = self.model(
+                input_ids=torch.tensor([items[0][0][:shared]], device=self.device),
+                logits_to_keep=1,
+                use_cache=True,
+            )
+            prefix = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            if not self._plain_cache(prefix):
+                return None
+        for group in self._prefill_groups(rests):
+            g = rests[group[0]]
+            ids = torch.full((len(group), g), pad, dtype=torch.long)
+            mask = torch.zeros((len(group), shared + g), dtype=torch.long)
+            mask[:, :shared] = 1
+            for row, index in enumerate(group):
+                ids[row, g - rests[index] :] = torch.tensor(items[index][0][shared:])
+                mask[row, shared + g - rests[index] :] = 1
+            extra: dict[str, Any] = {}
+            if prefix is not None:
+                start = DynamicCache()
+                for number, layer in enumerate(prefix.layers):
+                    start.update(
+                        layer.keys.expand(len(group), -1, -1, -1),
+                        layer.values.expand(len(group), -1, -1, -1),
+                        number,
+                    )
+                extra[self.cache_argument] = start
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, shared:].to(self.device),
+                logits_to_keep=1,
+                use_cache=True,
+                **extra,
+            )
+            cache: Any = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            if not self._plain_cache(cache):
+                return None
+            where = torch.tensor(group, device=self.device)
+            first[where] = out.logits[:, -1].argmax(-1)
+            for number, layer in enumerate(cache.layers):
+                if len(keys) <= number:
+                    heads = layer.keys.shape[1]
+                    shape = (len(items), heads, width + room, layer.keys.shape[-1])
+                    keys.append(layer.keys.new_zeros(shape))
+                    shape = (len(items), heads, width + room, layer.values.shape[-1])
+                    values.append(layer.values.new_zeros(shape))
+                for buffer, states in ((keys[number], layer.keys), (values[number], layer.values)):
+                    if shared:
+                        buffer[where, :, :shared] = states[:, :, :shared]
+                    buffer[where, :, width - g : width] = states[:, :, shared:]
+        merged = DynamicCache()
+        merged.layers = [_GrowingLayer(k, v, width) for k, v in zip(keys, values, strict=True)]
+        return merged, first
+
+    def _decode_greedy(
+        self, items: list[Prompt], max_new: int, stop: tuple[str, ...]
+    ) -> list[GenerationResult] | None:
+        """Greedy decoding over ``model(...)`` with the KV cache, token for token what
+        ``generate`` gives, but: prompts are prefilled without cross-group padding, the
+        cache grows in place (DynamicCache concatenates: a copy of the whole cache
+        every step), only the last position reaches the LM head, and a row leaves the
+        batch and the cache as soon as it ends (EOS, stop string, length), so the
+        long tail of an IFEval batch (max_new_tokens 1280, most answers far shorter)
+        runs at the size of the rows still going."""
+        pad = self.tokenizer.pad_token_id
+        started = time.perf_counter()
+        lengths = [len(ids) for ids, _ in items]
+        shared = self._shared_prefix(items)
+        width = max(lengths)
+        prefilled = self._prefill(items, shared, min(max_new, CACHE_GROWTH))
+        if prefilled is None:
+            return None
+        cache, next_tokens = prefilled
+        mask = torch.ones((len(items), width + max_new), dtype=torch.long, device=self.device)
+        for row, length in enumerate(lengths):
+            mask[row, shared : shared + width - length] = 0
+        positions = torch.tensor(lengths, device=self.device)[:, None]
+        # A stop string is looked for in the decoded tail only: enough tokens to hold it.
+        window = max((len(s) for s in stop), default=0) + 4
+        generated: list[list[int]] = [[] for _ in items]
+        finish = ["length"] * len(items)
+        active = list(range(len(items)))
+        trimmed = 0  # padding columns dropped: rows needing them left the batch
+        for step in range(max_new):
+            keep = []
+            for slot, token in enumerate(next_tokens.tolist()):
+                row = active[slot]
+                if token in self.eos_ids:
+                    finish[row] = "eos"
+                    continue
+                if token == pad:
+                    # generate's output reads the same as a stop-string end; kept alike.
+                    finish[row] = "stop"
+                    continue
+                generated[row].append(token)
+                if stop:
+                    tail = self.tokenizer.decode(generated[row][-window:])
+                    if any(s in tail for s in stop):
+                        finish[row] = "stop"
+                        continue
+                if step + 1 < max_new:
+                    keep.append(slot)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, positions, next_tokens = mask[index], positions[index], next_tokens[index]
+                active = [active[slot] for slot in keep]
+                lead = min(width - lengths[row] for row in active) - trimmed
+                if lead >= 16:
+                    for layer in cache.layers:
+                        cast(_GrowingLayer, layer).drop_columns(shared, lead)
+                    mask = torch.cat([mask[:, :shared], mask[:, shared + lead :]], 1)
+                    trimmed += lead
+            seen = cache.get_seq_length()
+            out = self.model(
+                input_ids=next_tokens[:, None],
+                attention_mask=mask[:, : seen + 1],
+                position_ids=positions,
+                logits_to_keep=1,
+                use_cache=True,
+                **{self.cache_argument: cache},
+            )
+            next_tokens = out.logits[:, -1].argmax(-1)
+            positions = positions + 1
+        seconds = time.perf_counter() - started
+        return [
+            self._result(ids, cut, tokens, reason, stop, seconds, len(items))
+            for (ids, cut), tokens, reason in zip(items, generated, finish, strict=True)
+        ]
+
+    def _result(
+        self,
+        ids: list[int],
+        cut: int,
+        tokens: list[int],
+        finish: str,
+        stop: tuple[str, ...],
+        seconds: float,
+        size: int,
+    ) -> GenerationResult:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        for s in stop:
+            if s in text:
+                text, finish = text[: text.index(s)], "stop"
+        return GenerationResult(
+            text=text,
+            prompt_tokens=len(ids),
+            generated_tokens=len(tokens) + (finish == "eos"),
+            finish_reason=finish,
+            truncated_tokens=cut,
+            batch_seconds=seconds,
+            batch_size=size,
+        )
+
+    def _generate_with_generate(
+        self, items: list[Prompt], max_new: int, stop: tuple[str, ...]
+    ) -> list[GenerationResult]:
+        """transformers' generate: the fallback for models _decode_greedy cannot run."""
+        pad = self.tokenizer.pad_token_id
+        width = max(len(ids) for ids, _ in items)
+        input_ids = torch.full((len(items), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(items):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            mask[row, width - len(ids) :] = 1
+        kwargs: dict[str, Any] = {
+            "do_sample": False,
+            "max_new_tokens": max_new,
+            "pad_token_id": pad,
+            "eos_token_id": sorted(self.eos_ids),
+            "use_cache": True,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+        }
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        started = time.perf_counter()
+        output = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
+        )
+        seconds = time.perf_counter() - started
+        new_tokens = output[:, width:].tolist()
+        results = []
+        for (ids, cut), tokens in zip(items, new_tokens, strict=True):
+            count, finish = 0, "length"
+            for token in tokens:
+                if token in self.eos_ids:
+                    finish = "eos"
+                    break
+                if token == pad:
+                    finish = "stop"  # finished early without EOS: a stop string ended it
+                    break
+                count += 1
+            results.append(
+                self._result(ids, cut, tokens[:count], finish, stop, seconds, len(items))
+            )
+        return results

@@ -1,0 +1,285 @@
+"""The hf backend's log-likelihood scorer: packed prefix trees, plain rows, rolling windows.
+
+Requests are packed into prefix trees: a prefix shared by several requests (the context
+of every choice of a question, the few-shot block of one subject) runs through the
+model once, rows carry no padding, and only the positions that are scored go through
+the LM head: a 5-shot MMLU prompt is ~700 tokens and full-vocabulary logits for all of
+them would cost ~140 MB per row for nothing. What cannot be packed runs as lm-eval runs
+it, one left-padded row per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gpu_worker import tokens as token_rules
+from gpu_worker.backends.base import LoglikelihoodResult, RollingResult
+from gpu_worker.batching import length_sorted_batches
+
+# Padded tokens per log-likelihood forward pass; bounds activation memory on CPU.
+LOGLIK_TOKEN_BUDGET = 8192
+# Longest sequence packed (its row's mask is length^2: 8192 tokens -> 256 MB in fp32);
+# longer ones run as plain causal rows.
+PACK_DEPTH_LIMIT = 8192
+
+# A request's (context token ids, continuation token ids), split by lm-eval's rule.
+Pair = tuple[list[int], list[int]]
+
+
+class LoglikelihoodScorer:
+    """Log-probs of token sequences under one loaded transformers model.
+
+    ``batch_size``: rows per plain (unpacked) forward. ``pack``: False scores every
+    request as a plain row (unsloth: its attention kernels may build their own mask).
+    ``pack_tokens``: tokens per packed row; None sizes rows for the model and device.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        device: str,
+        pad_id: int,
+        prefix_id: int,
+        max_length: int,
+        batch_size: int = 64,
+        pack: bool = True,
+        pack_tokens: int | None = None,
+    ):
+        self.model = model
+        self.device = device
+        self.pad_id = pad_id
+        self.prefix_id = prefix_id
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.pack = pack
+        if pack_tokens is None:
+            # Attention over a row costs ~row/(6 x hidden size) of the linear layers per
+            # token, so rows near the hidden size keep it a small share; GPUs want longer
+            # rows to stay busy.
+            config = getattr(model, "config", None)
+            hidden = int(getattr(config, "hidden_size", 1024) or 1024)
+            floor, ceiling = (2048, 8192) if device == "cuda" else (512, 2048)
+            pack_tokens = max(floor, min(ceiling, hidden))
+        self.pack_tokens = pack_tokens
+
+    @property
+    def packing_depth(self) -> int:
+        """Longest sequence a packed row may hold: the position window, or the sliding
+        window where a model has one (a custom mask replaces transformers' own, so the
+        window must never bind), and at most PACK_DEPTH_LIMIT (the mask is row x row);
+        0 where the attention kernel takes no custom mask. Read from the model's config
+        on each call: the kernel can be switched after loading."""
+        if not self.pack:
+            return 0
+        config = self.model.config
+        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+            return 0
+        depth = min(self.max_length, PACK_DEPTH_LIMIT)
+        window = getattr(config, "sliding_window", None)
+        if isinstance(window, int) and window > 0:
+            return min(depth, window)
+        return depth
+
+    def loglikelihood(self, pairs: list[Pair]) -> list[LoglikelihoodResult]:
+        """Sum of log-probs of each continuation given its context, and whether every
+        continuation token is the greedy one; one result per pair, in order.
+
+        Pairs are packed (see ``_packed_rows``): every distinct prefix -- a question's
+        context shared by its choices, a few-shot block shared by the questions of one
+        subject -- runs through the model once, with no padding. A pair too long for
+        the window (its context is cut on the left, as lm-eval does) is one full row of
+        its own.
+        """
+        results: list[LoglikelihoodResult | None] = [None] * len(pairs)
+        packed: list[int] = []
+        rows_for: list[int] = []
+        depth = self.packing_depth
+        for index, (context_ids, cont_ids) in enumerate(pairs):
+            if not cont_ids:
+                results[index] = LoglikelihoodResult(0.0, True, 0, error="empty continuation")
+            elif len(context_ids) + len(cont_ids) - 1 <= depth:
+                packed.append(index)
+            else:
+                rows_for.append(index)
+        for index, result in self._plain_rows([pairs[i] for i in rows_for]):
+            results[rows_for[index]] = result
+        for index, result in self._packed_rows([pairs[i] for i in packed]):
+            results[packed[index]] = result
+        return [r for r in results if r is not None]
+
+    def rolling(self, tokens: list[int], window: int | None, stride: int | None) -> RollingResult:
+        """Sum of log-probs of every token of a text, as lm-eval's rolling windows (see
+        ``gpu_worker.tokens.rolling_windows``): the first token is predicted from the
+        prefix token, each token is scored once."""
+        if not tokens:
+            return RollingResult(0.0, 0, error="empty text")
+        sequence = [self.prefix_id, *tokens]
+        windows = token_rules.rolling_windows(len(tokens), self.max_length, window, stride)
+        inputs = [sequence[start:until] for start, _, until in windows]
+        keeps = [until - done for _, done, until in windows]
+        started = time.perf_counter()
+        rows = self._forward_rows(inputs, keeps)
+        total = 0.0
+        target_start = 1
+        for (log_probs, _, _), keep in zip(rows, keeps, strict=True):
+            target = torch.tensor(sequence[target_start : target_start + keep])
+            total += float(log_probs.gather(1, target[:, None]).sum())
+            target_start += keep
+        return RollingResult(total, len(tokens), batch_seconds=time.perf_counter() - started)
+
+    def _plain_rows(self, pairs: list[Pair]) -> Iterator[tuple[int, LoglikelihoodResult]]:
+        # One row per distinct model input. For a one-token continuation the input is
+        # the context alone, so every single-token choice of a question shares a row.
+        rows: dict[tuple[int, ...], int] = {}
+        row_inputs: list[list[int]] = []
+        row_keep: list[int] = []
+        plans = []
+        for context_ids, cont_ids in pairs:
+            full = (context_ids + cont_ids)[-(self.max_length + 1) :]
+            model_input = tuple(full[:-1])
+            if model_input not in rows:
+                rows[model_input] = len(row_inputs)
+                row_inputs.append(list(model_input))
+                row_keep.append(len(cont_ids))
+            row = rows[model_input]
+            row_keep[row] = max(row_keep[row], len(cont_ids))
+            plans.append((row, cont_ids, len(context_ids)))
+        row_logprobs = self._forward_rows(row_inputs, row_keep)
+        # batch_size counts the requests a forward served (rows are shared).
+        served = Counter(row_logprobs[row][2] for row, _, _ in plans)
+        for index, (row, cont_ids, context_len) in enumerate(plans):
+            log_probs, seconds, batch = row_logprobs[row]
+            # The last positions predict the continuation.
+            scored = log_probs[-len(cont_ids) :]
+            yield index, _pick(scored, cont_ids, context_len, seconds, served[batch])
+
+    @torch.inference_mode()
+    def _packed_rows(self, pairs: list[Pair]) -> Iterator[tuple[int, LoglikelihoodResult]]:
+        """Every request's input (context + continuation minus its last token) goes into
+        a prefix tree; a tree is laid out in one row in depth-first order, each token
+        attending to its ancestors only and positioned at its depth. A shared prefix is
+        then computed once, no row is padded, and only the positions that predict a
+        continuation token go through the LM head. Exact: each token sees precisely
+        its own sequence, as in a plain forward."""
+        sequences = [tuple(context + cont[:-1]) for context, cont in pairs]
+        dtype = self.model.get_input_embeddings().weight.dtype
+        for chunk in _pack_rows(sequences, self.pack_tokens):
+            started = time.perf_counter()
+            tokens: list[int] = []
+            depth: list[int] = []
+            end: list[int] = []
+            scored_nodes: dict[int, list[int]] = {}
+            path: list[int] = []  # tree nodes of the sequence before
+            for i, shared in chunk:  # depth-first order: keep the shared part of the path
+                sequence = sequences[i]
+                del path[shared:]
+                for token in sequence[len(path) :]:
+                    path.append(len(tokens))
+                    tokens.append(token)
+                    depth.append(len(path) - 1)
+                    end.append(0)
+                for node in path:
+                    end[node] = len(tokens)  # one past the node's last descendant
+                # The context's last token predicts the first continuation token.
+                scored_nodes[i] = path[len(pairs[i][0]) - 1 :]
+            keep = sorted({node for nodes in scored_nodes.values() for node in nodes})
+            row_of = {node: row for row, node in enumerate(keep)}
+            nodes = torch.arange(len(tokens), device=self.device)
+            ends = torch.tensor(end, device=self.device)
+            # Query i sees key j when j is i or an ancestor: j <= i < end[j].
+            visible = (nodes[None, :] <= nodes[:, None]) & (nodes[:, None] < ends[None, :])
+            mask = torch.full(
+                visible.shape, torch.finfo(dtype).min, dtype=dtype, device=self.device
+            )
+            mask.masked_fill_(visible, 0.0)
+            del visible
+            logits = self.model(
+                input_ids=torch.tensor([tokens], device=self.device),
+                position_ids=torch.tensor([depth], device=self.device),
+                attention_mask=mask[None, None],
+                logits_to_keep=torch.tensor(keep, device=self.device),
+                use_cache=False,
+            ).logits[0]
+            if logits.shape[0] != len(keep):  # a forward that ignores logits_to_keep
+                logits = logits[keep]
+            log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
+            seconds = time.perf_counter() - started
+            for i, _ in chunk:
+                context_ids, cont_ids = pairs[i]
+                rows = log_probs[[row_of[node] for node in scored_nodes[i]]]
+                yield i, _pick(rows, cont_ids, len(context_ids), seconds, len(chunk))
+
+    @torch.inference_mode()
+    def _forward_rows(
+        self, inputs: list[list[int]], keep: list[int]
+    ) -> list[tuple[torch.Tensor, float, int]]:
+        """Log-softmax over the last keep[i] positions of each input, left-padded
+        batches; with each, the batch's wall time and its number."""
+        out: list[tuple[torch.Tensor, float, int] | None] = [None] * len(inputs)
+        lengths = [len(x) for x in inputs]
+        batches = length_sorted_batches(lengths, self.batch_size, LOGLIK_TOKEN_BUDGET)
+        for number, batch in enumerate(batches):
+            width = max(lengths[i] for i in batch)
+            k = max(keep[i] for i in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                ids[row, width - lengths[index] :] = torch.tensor(inputs[index])
+                mask[row, width - lengths[index] :] = 1
+            # Left padding shifts real tokens right; positions must count real tokens only.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            started = time.perf_counter()
+            logits = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                logits_to_keep=k,
+                use_cache=False,
+            ).logits[:, -k:]  # also where a forward ignores logits_to_keep
+            log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
+            seconds = time.perf_counter() - started
+            for row, index in enumerate(batch):
+                out[index] = (log_probs[row, k - keep[index] :], seconds, number)
+        return [o for o in out if o is not None]
+
+
+def _pack_rows(sequences: list[tuple[int, ...]], budget: int) -> Iterator[list[tuple[int, int]]]:
+    """Rows of ``(index, shared)``: the sequences in lexicographic order (the depth-first
+    order of their prefix tree), cut where a row's tree would pass ``budget`` nodes,
+    each with the tokens it shares with the one before it in its row; a sequence adds
+    its length minus that to its row's tree. A sequence longer than the budget is a
+    row alone (with the sequences that add nothing to it)."""
+    row: list[tuple[int, int]] = []
+    size = 0
+    for i in sorted(range(len(sequences)), key=sequences.__getitem__):
+        shared = token_rules.common_prefix(sequences[row[-1][0]], sequences[i]) if row else 0
+        new = len(sequences[i]) - shared
+        if new and row and size + new > budget:
+            yield row
+            row, size, shared, new = [], 0, 0, len(sequences[i])
+        row.append((i, shared))
+        size += new
+    if row:
+        yield row
+
+
+def _pick(
+    scored: torch.Tensor, cont_ids: list[int], context_len: int, seconds: float, size: int
+) -> LoglikelihoodResult:
+    """Log-prob and greedy flag of ``cont_ids`` from the rows of log-probs predicting them."""
+    target = torch.tensor(cont_ids)
+    return LoglikelihoodResult(
+        logprob=float(scored.gather(1, target[:, None]).sum()),
+        is_greedy=bool((scored.argmax(dim=-1) == target).all()),
+        continuation_tokens=len(cont_ids),
+        context_tokens=context_len,
+        batch_seconds=seconds,
+        batch_size=size,
+    )
