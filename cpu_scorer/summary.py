@@ -26,6 +26,7 @@ from cpu_scorer.scorers import SCORER_VERSION, shard_telemetry
 from shared.errors import TandemError
 from shared.records import (
     RunRecord,
+    ShardCounts,
     Summary,
     TaskSummary,
     WorkerInfo,
@@ -92,13 +93,13 @@ class SummaryBuilder:
             for name, stamp in sorted((task_state.scored if task_state else {}).items()):
                 key = (task_name, name)
                 hit = cached.get(key)
+                part: ShardPart | None
                 if hit is not None and hit[0] == stamp:
                     part = hit[1]
                 else:
-                    ref = task_state.ref(name) if task_state else None
-                    part = self._read_part(ref) if ref else None
-                    if part is None:
-                        continue
+                    part = self._read_part(task_state.ref(name)) if task_state else None
+                if part is None:
+                    continue
                 fresh[key] = (stamp, part)
                 parts.append(part)
             workers += [p.worker for p in parts if p.worker is not None]
@@ -180,11 +181,7 @@ class SummaryBuilder:
             samples_failed=failed,
             samples_total=total,
             notes=notes,
-            shards={
-                "generated": generated,
-                "scored": scored_shards,
-                "quarantined": quarantined,
-            },
+            shards=ShardCounts(generated=generated, scored=scored_shards, quarantined=quarantined),
             telemetry=_telemetry([p.telemetry for p in parts]),
             complete=total is not None and scored + failed == total,
         )

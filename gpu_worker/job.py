@@ -92,7 +92,7 @@ def run_record(
 def worker_info(backend: Any) -> WorkerInfo:
     """What a loaded backend resolved (its ``info()``), as the run and its shards record it."""
     info = backend.info() if hasattr(backend, "info") else {}
-    fields = {}
+    fields: dict[str, Any] = {}
     for name in WorkerInfo.model_fields:
         value = info.get(name)
         if value is None:

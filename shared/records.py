@@ -102,7 +102,7 @@ class Environment(_Record):
 class RunRecord(_Record):
     """``run.json``: what was asked (spec), of which model, where it ran. Written once."""
 
-    schema_name: Literal["tandem.run"] = Field(RUN_SCHEMA, alias="schema")
+    schema_name: Literal["tandem.run"] = Field("tandem.run", alias="schema")
     schema_version: int = RUN_VERSION
     run_id: str
     created_at: str = ""
@@ -155,7 +155,7 @@ class TaskSummary(_Record):
 class Summary(_Record):
     """``summary.json``: a pure function of the run's shards, rewritten as scores land."""
 
-    schema_name: Literal["tandem.summary"] = Field(SUMMARY_SCHEMA, alias="schema")
+    schema_name: Literal["tandem.summary"] = Field("tandem.summary", alias="schema")
     schema_version: int = SUMMARY_VERSION
     run_id: str
     model: str | None = None

@@ -93,5 +93,13 @@ def create_backend(spec: RunSpec) -> Backend:
     """Build the backend the spec names; errors name the missing extra."""
     if spec.backend not in BACKENDS:
         raise unknown_name("backend", spec.backend, BACKENDS)
+    entry = BACKENDS[spec.backend]
+    if spec.adapter and not entry.adapters:
+        takes = sorted(name for name, e in BACKENDS.items() if e.adapters)
+        raise TandemError(
+            f"backend {spec.backend!r} takes no LoRA adapter; backends that do: {', '.join(takes)}"
+        )
+    if spec.merge_adapter and not entry.merge:
+        raise TandemError(f"backend {spec.backend!r} cannot merge an adapter (merge_adapter)")
     factory: Callable[[RunSpec], Backend] = _module(spec.backend).create
     return factory(spec)
