@@ -291,6 +291,15 @@ class Daemon:
                 TandemError(f"{name!r} is not a task name; nothing in it is scored"),
             )
         for task_state in state.tasks.values():
+            for name in task_state.strays:
+                self._report(
+                    run_id,
+                    f"stray-{f'{task_state.task}/{name}'.encode().hex()[:60]}",
+                    f"{GENERATIONS}/{task_state.task}/{name}",
+                    TandemError(
+                        f"{name!r} is not a shard name (<start>-<end>.parquet); not scored"
+                    ),
+                )
             for ref in task_state.interrupted:
                 try:
                     if finish_quarantine(self.store, ref):

@@ -202,9 +202,13 @@ class Store:
         self.fs.move(src, dst)
 
     def _infos(self, folder: str) -> list[pafs.FileInfo]:
+        """Visible entries of ``folder``. On a local store a symbolic link is skipped:
+        whatever a store holds, nothing outside it is ever read through it."""
         selector = pafs.FileSelector(folder, allow_not_found=True, recursive=False)
         return [
-            info for info in self.fs.get_file_info(selector) if not info.base_name.startswith(".")
+            info
+            for info in self.fs.get_file_info(selector)
+            if not info.base_name.startswith(".") and not (self.local and os.path.islink(info.path))
         ]
 
     def list_names(self, folder: str) -> list[str]:
