@@ -279,6 +279,24 @@ class SampleCache:
             table = self._columns.put(key, _read(store, path, present))
         return table
 
+    def column_lists(
+        self, store: Store, state: TaskState, ref: ShardRef, kind: str, columns: tuple[str, ...]
+    ) -> dict[str, list[Any]]:
+        """``columns`` as Python lists (absent ones as None per row), cached."""
+        stamps = _stamps(state, ref)
+        key = ("lists", store.uri, ref, kind, columns, stamps[0 if kind == GENERATIONS else 1])
+        lists = self._columns.get(key)
+        if lists is None:
+            table = self.columns(store, state, ref, kind, columns)
+            lists = {
+                name: table.column(name).to_pylist()
+                if name in table.column_names
+                else [None] * table.num_rows
+                for name in columns
+            }
+            self._columns.put(key, lists)
+        return lists
+
     def page(
         self, store: Store, run_id: str, task: str, failed: bool | None, offset: int, limit: int
     ) -> tuple[int, pa.Table | None]:

@@ -97,26 +97,25 @@ def compare_runs(
 def _details(
     cache: SampleCache, store: Store, state: TaskState, index: TaskIndex, positions: list[int]
 ) -> list[dict[str, Any]]:
-    """Prompt and per-instruction strict verdicts of the samples at ``positions``."""
+    """Prompt and per-instruction strict verdicts of the samples at ``positions``: the
+    few columns needed, read (and cached) once per shard."""
     shards = index.shard.to_pylist()
     rows = index.row.to_pylist()
+    columns: dict[int, dict[str, list[Any]]] = {}
     out = []
     for position in positions:
-        ref = index.refs[shards[position]]
-        row = rows[position]
-        prompts = cache.columns(store, state, ref, GENERATIONS, ("prompt",))
-        detail: dict[str, Any] = {
-            "prompt": prompts.column("prompt")[row].as_py()
-            if "prompt" in prompts.column_names
-            else None
-        }
-        if index.scored[shards[position]]:
-            verdicts = cache.columns(
-                store, state, ref, SCORES, ("instruction_id_list", "inst_level_strict")
-            )
-            detail["instruction_id_list"] = verdicts.column("instruction_id_list")[row].as_py()
-            detail["inst_level_strict"] = verdicts.column("inst_level_strict")[row].as_py()
-        out.append(detail)
+        number, row = shards[position], rows[position]
+        if number not in columns:
+            ref = index.refs[number]
+            columns[number] = cache.column_lists(store, state, ref, GENERATIONS, ("prompt",))
+            if index.scored[number]:
+                columns[number].update(
+                    cache.column_lists(
+                        store, state, ref, SCORES, ("instruction_id_list", "inst_level_strict")
+                    )
+                )
+        shard = columns[number]
+        out.append({name: values[row] for name, values in shard.items()})
     return out
 
 

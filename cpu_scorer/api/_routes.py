@@ -6,7 +6,7 @@ import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from cpu_scorer import _queries
 from cpu_scorer.api._deps import (
@@ -241,7 +241,7 @@ def export(
     )
 
 
-@router.get("/compare")
+@router.get("/compare", response_model=dict[str, Any])
 def compare(
     store: StoreDep,
     records: RecordsDep,
@@ -249,12 +249,14 @@ def compare(
     a: RunIdQuery,
     b: RunIdQuery,
     task: Annotated[str, Query(pattern=TASK_REGEX, max_length=64)] = "ifeval",
-) -> dict[str, Any]:
+) -> JSONResponse:
     """Per-prompt flips of ``task`` between runs ``a`` and ``b``, with counts each
     way (the same result as ``tandem compare A B``)."""
     for run_id in (a, b):
         _check_task_in(store, run_id, records.record(store, run_id), task)
-    return compare_runs(store, a, b, task, cache=samples)
+    # Plain JSON values: returned as they are, not walked by FastAPI's encoder (which
+    # took as long as the compare itself for thousands of flips).
+    return JSONResponse(compare_runs(store, a, b, task, cache=samples))
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
