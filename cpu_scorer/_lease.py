@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from shared.errors import TandemError
-from shared.store import ShardRef, Store
+from shared.store import CLAIM_SUFFIX, CLAIMS, ShardRef, Store
 
 HOST = socket.gethostname()
 
@@ -55,7 +55,7 @@ class Leases:
     clock: Callable[[], float] = time.time
 
     def path(self, ref: ShardRef) -> str:
-        return self.store.shard_path("claims", ref, ".json")
+        return self.store.shard_path(CLAIMS, ref, CLAIM_SUFFIX)
 
     def _payload(self) -> bytes:
         now = self.clock()

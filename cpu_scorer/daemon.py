@@ -59,6 +59,7 @@ from cpu_scorer.summary import SummaryBuilder
 from shared.errors import TandemError, WriteError
 from shared.records import RunRecord
 from shared.store import (
+    CLAIM_SUFFIX,
     CLAIMS,
     ERROR_SUFFIX,
     GENERATIONS,
@@ -486,7 +487,7 @@ class Daemon:
     def _sweep_run(self, run_id: str) -> None:
         for task in self.store.list_tasks(run_id, CLAIMS):
             for name in self.store.list_names(self.store.run_path(run_id, CLAIMS, task)):
-                stem = name[: -len(".json")]
+                stem = name[: -len(CLAIM_SUFFIX)]
                 if not parse_shard_name(stem):
                     continue
                 ref = ShardRef(run_id, task, *parse_shard_name(stem))  # type: ignore[misc]

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from shared.store._store import Store
 
 from shared.store._layout import (
+    CLAIM_SUFFIX,
     CLAIMS,
     ERROR_SUFFIX,
     FOLDERS,
@@ -49,6 +50,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "CLAIM_SUFFIX",
     "CLAIMS",
     "ERROR_SUFFIX",
     "FOLDERS",
