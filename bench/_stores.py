@@ -73,6 +73,7 @@ def write_ifeval_run(
                     "inst_level_loose": strict,
                     "prediction": None,
                     "scorer_version": "1",
+                    "details": None,
                 }
             )
         name = shard_name(start, min(start + shard, samples)) + ".parquet"

@@ -51,6 +51,7 @@ def _score_row_base(row: dict[str, Any]) -> dict[str, Any]:
         "prediction": None,
         "scorer_version": SCORER_VERSION,
         "error": row.get("error"),
+        "details": None,
     }
 
 

@@ -96,6 +96,10 @@ SCORES = pa.schema(
         pa.field("prediction", pa.int32(), nullable=True),
         pa.field("scorer_version", pa.string()),
         _ERROR,
+        # v2: what the scorer saw besides the metrics, as JSON: the answer it extracted
+        # and the target (generative tasks), a program's outcome (code tasks). Null when
+        # there is nothing to say (and in v1 files).
+        pa.field("details", pa.string(), nullable=True),
     ]
 )
 
@@ -111,9 +115,11 @@ SCHEMAS: dict[str, SchemaDef] = {
     "generations": SchemaDef("tandem.generations", 1, GENERATIONS),
     "loglikelihoods": SchemaDef("tandem.loglikelihoods", 1, LOGLIKELIHOODS),
     "rolling": SchemaDef("tandem.rolling", 1, ROLLING),
-    "scores": SchemaDef("tandem.scores", 1, SCORES),
+    "scores": SchemaDef("tandem.scores", 2, SCORES),
 }
 _BY_NAME = {d.name: key for key, d in SCHEMAS.items()}
+# Columns a later version added, by kind and version: an older file reads with them null.
+_ADDED: dict[str, dict[int, tuple[str, ...]]] = {"scores": {2: ("details",)}}
 
 # Provenance keys every file carries (values may be "" when unknown, e.g. no git).
 PROVENANCE_KEYS = ("config_hash", "git_sha", "backend", "model_id", "model_revision", "created_at")
@@ -201,8 +207,9 @@ def provenance_of(table: pa.Table) -> dict[str, str]:
 def upgrade(table: pa.Table) -> tuple[str, pa.Table]:
     """Check a table against its declared schema and bring it to the current version.
 
-    Version 1 is the only version so far; an unknown (newer) version is refused so an
-    old scorer never misreads a file written by a newer worker.
+    Columns added by a later version are filled with nulls (scores v1 -> v2: ``details``);
+    an unknown (newer) version is refused so an old scorer never misreads a file written
+    by a newer worker.
     """
     kind, version = schema_of(table)
     definition = SCHEMAS[kind]
@@ -211,6 +218,12 @@ def upgrade(table: pa.Table) -> tuple[str, pa.Table]:
             f"{definition.name} version {version} is newer than this tandem understands "
             f"({definition.version}); upgrade tandem"
         )
+    for added_in, names in _ADDED.get(kind, {}).items():
+        if version < added_in:
+            for name in names:
+                if name not in table.schema.names:
+                    field = definition.schema.field(name)
+                    table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     missing = [n for n in definition.schema.names if n not in table.schema.names]
     if missing:
         raise TandemError(f"{definition.name} v{version}: missing columns {missing}")

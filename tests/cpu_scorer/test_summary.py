@@ -13,6 +13,7 @@ from conftest import generate
 from cpu_scorer.daemon import Daemon, DaemonConfig
 from cpu_scorer.scoring import score_store
 from cpu_scorer.summary import SummaryBuilder
+from shared.schema import upgrade
 from shared.store import Store
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "store-v1"
@@ -30,8 +31,8 @@ def test_rescoring_a_v1_store_gives_its_numbers(tmp_path: Path) -> None:
     shutil.rmtree(run / "scores")
     (run / "summary.json").unlink()
     score_store(Store(root), progress=False)
-    for name, table in old_scores.items():
-        assert pq.read_table(run / "scores" / name).equals(table), name  # same rows
+    for name, table in old_scores.items():  # the same rows (v1 files read upgraded)
+        assert pq.read_table(run / "scores" / name).equals(upgrade(table)[1]), name
     new = json.loads((run / "summary.json").read_text())
     old = _old_summary()
     for task, entry in old["tasks"].items():

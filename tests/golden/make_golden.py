@@ -76,6 +76,7 @@ ROWS = {
         "inst_level_loose": [True],
         "prediction": None,
         "scorer_version": "1",
+        "details": None,
     },
 }
 
