@@ -114,7 +114,13 @@ def plan(
         store.check_same_spec(run_id, store.read_json(path), spec.spec_hash())
     samples: dict[str, list[Sample]] = {}
     for name in spec.tasks:
-        samples[name] = load_samples(TASKS[name], data_dir or spec.data_dir, spec.limit.get(name))
+        samples[name] = load_samples(
+            TASKS[name],
+            data_dir or spec.data_dir,
+            spec.limit.get(name),
+            num_fewshot=spec.shots(name),
+            fewshot_seed=spec.fewshot_seed,
+        )
         if not samples[name]:
             raise TandemError(f"task {name}: no samples to evaluate")
     model = describe_model(spec)

@@ -86,14 +86,24 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     store = Store(args.store)
     store.check(writable=True)
+    _unsafe_code_notice(args.confirm_run_unsafe_code)
     tallies = score_once(
-        store, args.run, AggregateOptions(irt_params=args.irt_params), progress=not args.quiet
+        store,
+        args.run,
+        AggregateOptions(irt_params=args.irt_params),
+        progress=not args.quiet,
+        confirm_unsafe_code=args.confirm_run_unsafe_code,
     )
     failed = 0
     for run_id, tally in tallies.items():
         print(
             f"run {run_id}: scored {tally.scored} shard(s), quarantined {tally.quarantined}"
             + (f", failed {tally.failed}" if tally.failed else "")
+            + (
+                f", {tally.unconfirmed} code shard(s) not run (add --confirm-run-unsafe-code)"
+                if tally.unconfirmed
+                else ""
+            )
         )
         failed += tally.failed
         try:
@@ -108,6 +118,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
     # 0: nothing left pending (bad shards are quarantined, which is an outcome); 1: the
     # scorer itself failed on some shard (they stay pending for a fixed scorer).
     return 1 if failed else 0
+
+
+def _unsafe_code_notice(confirmed: bool) -> None:
+    if confirmed:
+        print(
+            "tandem: --confirm-run-unsafe-code: code tasks' model-written programs will run "
+            "in the scorer's sandbox (limits and what they do not stop: docs/tasks.md)",
+            file=sys.stderr,
+        )
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -152,8 +171,13 @@ def _cmd_scorer(args: argparse.Namespace) -> int:
 
     store = Store(args.store)
     store.check(writable=True)
+    _unsafe_code_notice(args.confirm_run_unsafe_code)
     config = DaemonConfig(
-        interval=args.interval, lease=args.lease, once=args.once, irt_params=args.irt_params
+        interval=args.interval,
+        lease=args.lease,
+        once=args.once,
+        irt_params=args.irt_params,
+        confirm_unsafe_code=args.confirm_run_unsafe_code,
     )
     watch(store, config)
     return 0
@@ -216,6 +240,15 @@ def add_ifeval_arguments(ifeval: argparse.ArgumentParser) -> None:
     )
 
 
+def _unsafe_code_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--confirm-run-unsafe-code",
+        action="store_true",
+        help="score code tasks (humaneval, mbpp) by running the model's programs in a "
+        "sandbox; without it their shards stay unscored",
+    )
+
+
 # ---- the parser --------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -265,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--run", help="only this run id")
     score.add_argument("--irt-params", help="tinyBenchmarks.pkl for tinyMMLU IRT/p-IRT/gp-IRT")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
+    _unsafe_code_argument(score)
 
     runs = command("runs", _cmd_runs, "List the runs in a store.")
     store_arg(runs)
@@ -285,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     scorer.add_argument("--lease", type=_seconds, default=300.0, help="claim lease in seconds")
     scorer.add_argument("--once", action="store_true", help="score what is pending, then exit")
     scorer.add_argument("--irt-params", help="tinyBenchmarks.pkl for tinyMMLU IRT estimates")
+    _unsafe_code_argument(scorer)
 
     serve = command("serve", _cmd_serve, "Serve results over HTTP (FastAPI).")
     store_arg(serve)
