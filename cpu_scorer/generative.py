@@ -8,11 +8,20 @@ message), so a reader sees why a sample passed or failed.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 from cpu_scorer import answers
 from cpu_scorer._rows import DEFAULT_OPTIONS, Rows, ScoreOptions, load_doc, score_row_base
+
+
+@functools.lru_cache(maxsize=1)
+def _isolation() -> Any:
+    """How programs are contained here, found once per process (and logged)."""
+    from cpu_scorer import sandbox
+
+    return sandbox.detect_isolation()
 
 
 def _details(value: dict[str, Any]) -> str:
@@ -63,7 +72,7 @@ def score_code(rows: Rows, options: ScoreOptions = DEFAULT_OPTIONS) -> Rows:
     task's tests -- runs in the sandbox; pass@1 of one greedy sample is 1 or 0."""
     from cpu_scorer import sandbox
 
-    sandbox.require_confirmation(options.confirm_unsafe_code)
+    sandbox.require_confirmation(options.confirm_unsafe_code, rows[0]["task"] if rows else "")
     out = [score_row_base(row) for row in rows]
     todo = [i for i, row in enumerate(rows) if not row.get("error")]
     programs = []
@@ -72,7 +81,9 @@ def score_code(rows: Rows, options: ScoreOptions = DEFAULT_OPTIONS) -> Rows:
         programs.append(
             doc.get("program_prefix", "") + (rows[i]["response"] or "") + "\n" + doc["tests"]
         )
-    outcomes = sandbox.run_many(programs, sandbox.Limits(), workers=options.code_workers)
+    outcomes = sandbox.run_many(
+        programs, sandbox.Limits(), workers=options.code_workers, isolation=_isolation()
+    )
     for i, outcome in zip(todo, outcomes, strict=True):
         out[i]["metrics"] = [("pass@1", float(outcome.status == "passed"))]
         # No timing here: a score shard is a pure function of its generation shard.

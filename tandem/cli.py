@@ -105,7 +105,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 else ""
             )
         )
-        failed += tally.failed
+        failed += tally.failed + tally.unconfirmed
         try:
             summary = store.summary(run_id)
         except TandemError as error:
@@ -115,18 +115,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
             print_summary(summary)
     if not tallies:
         print(f"no runs in {store.uri}")
-    # 0: nothing left pending (bad shards are quarantined, which is an outcome); 1: the
-    # scorer itself failed on some shard (they stay pending for a fixed scorer).
+    # 0: nothing left pending (bad shards are quarantined, which is an outcome); 1: some
+    # shards stay unscored (the scorer failed on them, or code tasks were not allowed to
+    # run their programs).
     return 1 if failed else 0
 
 
 def _unsafe_code_notice(confirmed: bool) -> None:
+    """Said once, when the user lets model-written programs run."""
     if confirmed:
-        print(
-            "tandem: --confirm-run-unsafe-code: code tasks' model-written programs will run "
-            "in the scorer's sandbox (limits and what they do not stop: docs/tasks.md)",
-            file=sys.stderr,
-        )
+        from cpu_scorer import sandbox
+
+        print(f"tandem: {sandbox.UNSAFE_CODE_WARNING}", file=sys.stderr)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         _cmd_score,
         "Score every unscored shard once (the scorer daemon's run-once mode), then print "
-        "the summary. Exit 0 when nothing is left pending, 1 if the scorer failed on a shard.",
+        "the summary. Exit 0 when nothing is left pending, 1 if shards stay unscored.",
     )
     store_arg(score)
     score.add_argument("--run", help="only this run id")
