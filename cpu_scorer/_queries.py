@@ -50,6 +50,7 @@ SCORE_COLUMNS = (
     "inst_level_strict",
     "inst_level_loose",
     "prediction",
+    "details",
 )
 # The columns of an export, the same for every task so one file can hold a whole run.
 EXPORT_SCHEMA = pa.schema(
