@@ -90,6 +90,12 @@ class RunSpec(BaseModel):
     # Few-shot exemplars per task (0 when absent), drawn as lm-eval draws them.
     num_fewshot: dict[str, StrictInt] = Field(default_factory=dict)
     fewshot_seed: StrictInt = DEFAULT_FEWSHOT_SEED
+    # Per task, a data file or folder instead of data_dir (a held-out text for perplexity).
+    task_data: dict[str, str] = Field(default_factory=dict)
+    # A checkpoint sweep's name and this run's training step (``tandem sweep``,
+    # ``tandem.evaluate``): the page and reports plot metrics against the step.
+    sweep: str | None = Field(None, max_length=128)
+    step: StrictInt | None = Field(None, ge=0)
     shard_size: StrictInt = Field(32, ge=1, le=100_000)
     data_dir: str | None = None
     seed: StrictInt = 0
@@ -151,6 +157,11 @@ class RunSpec(BaseModel):
                 )
             if cap < 1:
                 raise ValueError(f"limit for {name!r} must be at least 1, got {cap}")
+        for name in self.task_data:
+            if name not in self.tasks:
+                raise ValueError(
+                    f"task_data names task {name!r}, which is not in tasks {list(self.tasks)}"
+                )
         for name, shots in self.num_fewshot.items():
             if name not in self.tasks:
                 raise ValueError(
@@ -170,13 +181,16 @@ class RunSpec(BaseModel):
 
     def spec_hash(self) -> str:
         """Hash of everything that changes results (not run_id, not data_dir's location)."""
-        payload = self.model_dump(mode="json", exclude={"run_id", "data_dir"})
+        payload = self.model_dump(mode="json", exclude={"run_id", "data_dir", "task_data"})
         # Fields added after runs existed are hashed only when set, so those runs' specs
         # keep their hash (and resume).
         if not payload["num_fewshot"]:
             del payload["num_fewshot"]
         if payload["fewshot_seed"] == DEFAULT_FEWSHOT_SEED:
             del payload["fewshot_seed"]
+        for key in ("sweep", "step"):
+            if payload[key] is None:
+                del payload[key]
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -221,6 +235,11 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> RunSpec:
 
 def load_spec(path: str | Path) -> RunSpec:
     """Read and validate a TOML (or YAML) run spec file."""
+    return parse_spec(load_spec_fields(path), str(path))
+
+
+def load_spec_fields(path: str | Path) -> dict[str, Any]:
+    """A spec file's fields, read but not yet validated (a sweep adds its own)."""
     path = Path(path)
     try:
         text = decode_utf8(path.read_bytes(), path)
@@ -244,4 +263,4 @@ def load_spec(path: str | Path) -> RunSpec:
             raise TandemError(f"{path}: not valid TOML: {error}") from error
     if not isinstance(data, dict):
         raise TandemError(f"{path}: a run spec must be a table of keys, got {type(data).__name__}")
-    return parse_spec(data, str(path))
+    return data

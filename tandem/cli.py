@@ -195,6 +195,49 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return main(args.store, args.a, args.b, args.task, as_json=args.json)
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from shared.spec import load_spec_fields
+    from tandem.sweep import SweepOptions, parse_budget, run_sweep
+
+    logging.basicConfig(level=os.environ.get("TANDEM_LOG_LEVEL", "INFO"), format="%(message)s")
+    options = SweepOptions(
+        checkpoints=Path(args.checkpoints),
+        store=args.store,
+        name=args.name or Path(args.checkpoints).resolve().name,
+        budget_seconds=parse_budget(args.budget),
+        base=load_spec_fields(args.spec) if args.spec else {},
+        every=args.every,
+        watch=args.watch,
+        settle=args.settle,
+        poll=args.poll,
+        tokenizer=args.tokenizer,
+        heldout=args.heldout,
+        data_dir=args.data_dir,
+        progress=not args.quiet,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    record = run_sweep(options, stop)
+    for step in record.steps:
+        note = " (over budget)" if step.over_budget else ""
+        print(f"step {step.step}: {step.status} {step.run_id} {step.seconds or ''}s{note}")
+    print(f"caps: {record.caps}")
+    return 1 if any(s.status == "failed" for s in record.steps) else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from gpu_worker.export import export_checkpoint
+
+    target = export_checkpoint(args.state_dict, args.config, args.tokenizer, args.out)
+    print(f"exported {args.state_dict} to {target}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tandem.demo import run_demo
 
@@ -337,6 +380,41 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(compare)
     compare.add_argument("--task", default="ifeval")
     compare.add_argument("--json", action="store_true")
+
+    sweep = command(
+        "sweep",
+        _cmd_sweep,
+        "Evaluate a training run's checkpoints (step_N/ folders) in step order, in a time "
+        "budget per checkpoint, with caps fixed on the first one.",
+    )
+    sweep.add_argument("--checkpoints", required=True, help="folder of step_<N>/ checkpoints")
+    store_arg(sweep)
+    sweep.add_argument("--budget", default="5m", help="time per checkpoint (300, 90s, 5m, 1h)")
+    sweep.add_argument("--every", type=_positive, help="only steps that are multiples of N")
+    sweep.add_argument("--watch", action="store_true", help="keep taking new checkpoints")
+    sweep.add_argument("--name", help="the sweep's name (default: the checkpoints folder's)")
+    sweep.add_argument("--spec", help="a run spec with tasks, limits (pinned caps), settings")
+    sweep.add_argument("--tokenizer", help="the training tokenizer, for raw state_dict checkpoints")
+    sweep.add_argument("--heldout", help="a held-out text file: its perplexity joins the tasks")
+    sweep.add_argument("--data-dir", help="task data (e.g. ../shared/data)")
+    sweep.add_argument(
+        "--settle",
+        type=_seconds,
+        default=30.0,
+        help="a checkpoint without a DONE marker is taken once unchanged this long (s)",
+    )
+    sweep.add_argument("--poll", type=_seconds, default=30.0, help="--watch: look this often (s)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    export = command(
+        "export",
+        _cmd_export,
+        "Turn a raw state_dict + config into a Hugging Face Llama folder (strict key check).",
+    )
+    export.add_argument("state_dict", help="the weights (.safetensors, .pt, .pth, .bin)")
+    export.add_argument("--config", required=True, help="checkpoint config (TOML or JSON)")
+    export.add_argument("--tokenizer", required=True, help="the training tokenizer's folder")
+    export.add_argument("--out", required=True, help="the folder to write")
 
     demo = command(
         "demo", _cmd_demo, "End-to-end demo on the embedded model through a local Ray head."
