@@ -146,7 +146,7 @@ def mmlu_groups(names: list[str], rows: Rows, options: AggregateOptions, out: Ag
     for r in rows:
         subject = r["sample_id"].split("/", 1)[0]
         by_subject.setdefault(subject, []).append(dict(r["metrics"])["acc"])
-    subjects = {
+    subjects: dict[str, dict[str, Any]] = {
         s: {"acc": _mean(v), "acc_stderr": _stderr(v) or 0.0, "n": len(v)}
         for s, v in sorted(by_subject.items())
     }

@@ -120,9 +120,20 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
 
 
 def llama_config(config: CheckpointConfig, intermediate_size: int) -> Any:
+    import inspect
+
     from transformers import LlamaConfig
 
+    rope: dict[str, Any]
+    if "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters:
+        # transformers 5: one rope_parameters dict (theta, type and scaling together).
+        scaling = dict(config.rope_scaling or {})
+        kind = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
+        rope = {"rope_parameters": {"rope_type": kind, "rope_theta": config.rope_theta, **scaling}}
+    else:
+        rope = {"rope_theta": config.rope_theta, "rope_scaling": config.rope_scaling}
     return LlamaConfig(
+        **rope,
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         intermediate_size=intermediate_size,
@@ -130,8 +141,6 @@ def llama_config(config: CheckpointConfig, intermediate_size: int) -> Any:
         num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_kv_heads or config.num_heads,
         head_dim=config.head_dim or config.hidden_size // config.num_heads,
-        rope_theta=config.rope_theta,
-        rope_scaling=config.rope_scaling,
         max_position_embeddings=config.context_length,
         tie_word_embeddings=config.tie_embeddings,
         rms_norm_eps=config.rms_norm_eps,

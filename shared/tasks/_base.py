@@ -178,9 +178,9 @@ def find_data_file(
     """
     name = folder or task
     folders = (data_dir, data_dir / name, data_dir / "mc" / name)
-    for name in candidates:
-        for folder in folders:
-            path = folder / name
+    for candidate in candidates:
+        for place in folders:
+            path = place / candidate
             if path.is_file():
                 return path
     raise TandemError(
