@@ -296,11 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token (required when binding to a non-loopback address)",
     )
 
-    compare = command("compare", _cmd_compare, "Show which prompts flipped between two runs.")
+    compare = command(
+        "compare",
+        _cmd_compare,
+        "Which prompts flipped between two runs, and paired tests (bootstrap interval, "
+        "McNemar) per task.",
+    )
     compare.add_argument("a")
     compare.add_argument("b")
     store_arg(compare)
-    compare.add_argument("--task", default="ifeval")
+    compare.add_argument(
+        "--task",
+        help="the task whose flips to list (default: ifeval if both runs have it, else the "
+        "first task they share); the paired tests cover every shared task",
+    )
     compare.add_argument("--json", action="store_true")
 
     demo = command(

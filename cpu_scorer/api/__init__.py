@@ -36,6 +36,7 @@ from cpu_scorer.api._deps import (
     get_settings,
 )
 from cpu_scorer.api._routes import router
+from cpu_scorer.compare import NotPaired
 from shared.errors import TandemError
 from shared.store import Store
 
@@ -83,6 +84,10 @@ def create_app(store_uri: str, token: str | None = None) -> FastAPI:
     @app.exception_handler(_queries.RunNotFound)
     def _not_found(request: Request, error: _queries.RunNotFound) -> JSONResponse:
         return _error(request, 404, str(error))
+
+    @app.exception_handler(NotPaired)
+    def _not_paired(request: Request, error: NotPaired) -> JSONResponse:
+        return _error(request, 409, str(error))
 
     @app.exception_handler(_queries.Damaged)
     def _damaged(request: Request, error: _queries.Damaged) -> JSONResponse:

@@ -21,7 +21,7 @@ from cpu_scorer.api._deps import (
     TaskName,
 )
 from cpu_scorer.api._stream import stream_jsonl, stream_parquet
-from cpu_scorer.compare import compare_runs
+from cpu_scorer.compare import compare_runs, paired_tests
 from cpu_scorer.summary import compute_summary
 from shared.errors import TandemError
 from shared.records import RunRecord, Summary
@@ -241,7 +241,12 @@ def export(
     )
 
 
-@router.get("/compare", response_model=dict[str, Any])
+_NOT_PAIRED: dict[int | str, dict[str, Any]] = {
+    409: {"description": "The two runs do not cover the same samples of the task"}
+}
+
+
+@router.get("/compare", response_model=dict[str, Any], responses=_NOT_PAIRED)
 def compare(
     store: StoreDep,
     records: RecordsDep,
@@ -251,12 +256,22 @@ def compare(
     task: Annotated[str, Query(pattern=TASK_REGEX, max_length=64)] = "ifeval",
 ) -> JSONResponse:
     """Per-prompt flips of ``task`` between runs ``a`` and ``b``, with counts each
-    way (the same result as ``tandem compare A B``)."""
+    way and the paired test (bootstrap interval, McNemar): the same result as
+    ``tandem compare A B --json``. 409 when the runs do not cover the same samples."""
     for run_id in (a, b):
         _check_task_in(store, run_id, records.record(store, run_id), task)
     # Plain JSON values: returned as they are, not walked by FastAPI's encoder (which
     # took as long as the compare itself for thousands of flips).
     return JSONResponse(compare_runs(store, a, b, task, cache=samples))
+
+
+@router.get("/compare/tests")
+def compare_tests(
+    store: StoreDep, samples: SamplesDep, a: RunIdQuery, b: RunIdQuery
+) -> dict[str, Any]:
+    """The paired test of every task both runs have (``error`` on a task says why it
+    has none, e.g. the runs do not cover the same samples)."""
+    return paired_tests(store, a, b, cache=samples)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
