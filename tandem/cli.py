@@ -78,6 +78,45 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from gpu_worker.profile import run_profile
+    from shared.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.run_id:
+        spec = spec.model_copy(update={"run_id": args.run_id})
+    record = run_profile(
+        spec,
+        args.store,
+        new_tokens=args.new_tokens,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        requests=args.requests,
+    )
+    worker = record.worker
+    print(
+        f"run {record.run_id}: {worker.backend} {worker.precision} on {worker.device} "
+        f"({worker.device_name or 'unknown device'})"
+    )
+    for row in record.latency:
+        print(
+            f"  latency, batch 1, {row.measured_prompt_tokens} prompt + {row.new_tokens} new "
+            f"tokens: mean {row.mean_seconds:.4f} s, p50 {row.p50_seconds:.4f} s, "
+            f"p95 {row.p95_seconds:.4f} s ({row.repeats} repeats)"
+        )
+    if record.throughput is not None:
+        t = record.throughput
+        rate = f"{t.tokens_per_second:.1f} tokens/s" if t.tokens_per_second else "-"
+        print(f"  throughput, {t.requests} requests at batch {t.batch_size}: {rate}")
+    if record.peak_rss_bytes:
+        print(f"  peak RSS {record.peak_rss_bytes / 2**30:.2f} GiB", end="")
+        if record.cuda_max_allocated_bytes:
+            print(f", peak CUDA {record.cuda_max_allocated_bytes / 2**30:.2f} GiB", end="")
+        print()
+    print(f"stored as runs/{record.run_id}/profile.json")
+    return 0
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from cpu_scorer.aggregations import AggregateOptions
     from cpu_scorer.report import print_summary
@@ -254,6 +293,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--run-id", help="override the spec's run_id")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    profile = command(
+        "profile",
+        _cmd_profile,
+        "Measure the spec's model here: latency at batch 1 (128 and 512 prompt tokens), "
+        "throughput at its batch size, peak memory; stored as the run's profile.json.",
+    )
+    profile.add_argument("spec", help="run spec (TOML or YAML)")
+    store_arg(profile)
+    profile.add_argument("--run-id", help="override the spec's run_id")
+    profile.add_argument(
+        "--new-tokens", type=_positive, default=32, help="tokens generated per request"
+    )
+    profile.add_argument("--warmup", type=_positive, default=2, help="requests not counted")
+    profile.add_argument("--repeats", type=_positive, default=10, help="requests measured")
+    profile.add_argument(
+        "--requests",
+        type=_positive,
+        help="requests in the throughput test (default: the spec's batch size, or 64)",
+    )
 
     score = command(
         "score",

@@ -134,7 +134,8 @@ def list_runs(
 @router.get("/runs/{run_id}")
 def get_run(store: StoreDep, records: RecordsDep, run_id: RunId) -> dict[str, Any]:
     """run.json (spec, model, driver environment, workers) plus what the workers
-    resolved, and per-task telemetry and shard counts from the summary."""
+    resolved, per-task telemetry and shard counts from the summary, and the profile
+    (``tandem profile``) or null."""
     record = records.record(store, run_id)
     summary = records.summary(store, run_id)
     body = record.as_json()
@@ -147,6 +148,8 @@ def get_run(store: StoreDep, records: RecordsDep, run_id: RunId) -> dict[str, An
     }
     body["telemetry"] = {t: e.telemetry for t, e in tasks.items()}
     body["shards"] = {t: e.shards.model_dump(mode="json") for t, e in tasks.items()}
+    profile = records.profile(store, run_id)
+    body["profile"] = profile.as_json() if profile is not None else None
     return body
 
 

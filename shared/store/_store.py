@@ -23,12 +23,20 @@ import pyarrow.parquet as pq
 
 from shared import atomic
 from shared.errors import TandemError
-from shared.records import RunRecord, Summary, read_run_record, read_summary
+from shared.records import (
+    ProfileRecord,
+    RunRecord,
+    Summary,
+    read_profile,
+    read_run_record,
+    read_summary,
+)
 from shared.store._layout import (
     CLAIM_SUFFIX,
     CLAIMS,
     ERROR_SUFFIX,
     GENERATIONS,
+    PROFILE,
     QUARANTINE,
     RUN_PROBLEMS,
     RUN_RECORD,
@@ -310,6 +318,17 @@ class Store:
 
     def publish_summary(self, summary: Summary) -> None:
         self.publish_json(self.run_path(summary.run_id, SUMMARY), summary.as_json())
+
+    def profile(self, run_id: str) -> ProfileRecord | None:
+        """The run's profile.json (``tandem profile``); None when it was not profiled. A
+        damaged one raises TandemError naming it."""
+        path = self.run_path(run_id, PROFILE)
+        if not self.exists(path):
+            return None
+        return read_profile(self.read_bytes(path), self.relative(path))
+
+    def publish_profile(self, profile: ProfileRecord) -> None:
+        self.publish_json(self.run_path(profile.run_id, PROFILE), profile.as_json())
 
     # ---- shards --------------------------------------------------------------------------
     def list_tasks(self, run_id: str, kind: str) -> list[str]:
