@@ -210,6 +210,31 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return main(args.store, args.a, args.b, args.task, as_json=args.json)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cpu_scorer.report import main
+
+    return main(args.store, args.runs, fmt=args.format)
+
+
+def _cmd_export_wandb(args: argparse.Namespace) -> int:
+    from cpu_scorer.wandb_export import export_wandb
+    from shared.store import Store
+
+    store = Store(args.store)
+    store.check(writable=False)
+    done = export_wandb(
+        store,
+        args.runs,
+        project=args.project,
+        entity=args.entity,
+        step_from=args.step_from,
+        max_samples=args.max_samples,
+    )
+    for run in done:
+        print(f"W&B run {run['name']}: {', '.join(run['runs'])} ({run['dir']})")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tandem.demo import run_demo
 
@@ -370,6 +395,41 @@ def build_parser() -> argparse.ArgumentParser:
         "first task they share); the paired tests cover every shared task",
     )
     compare.add_argument("--json", action="store_true")
+
+    report = command(
+        "report",
+        _cmd_report,
+        "A run's summary (config, scores with stderr, telemetry, profile, reproducibility); "
+        "for several runs a side-by-side table with paired tests against the first.",
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN")
+    store_arg(report)
+    report.add_argument("--format", choices=("md", "json"), default="md")
+
+    export = command("export", lambda args: 0, "Export runs to an experiment tracker.")
+    trackers = export.add_subparsers(dest="tracker", required=True, metavar="TRACKER")
+    wandb = trackers.add_parser(
+        "wandb",
+        help="Weights & Biases (needs the wandb extra; WANDB_MODE=offline works offline)",
+        description="Metrics, per-instruction and breakdown tables and a samples table per "
+        "task to Weights & Biases, one W&B run per tandem run (or per sweep).",
+    )
+    wandb.set_defaults(handler=_cmd_export_wandb)
+    wandb.add_argument("runs", nargs="+", metavar="RUN")
+    store_arg(wandb)
+    wandb.add_argument("--project", default="tandem", help="W&B project (default: tandem)")
+    wandb.add_argument("--entity", help="W&B entity (default: yours)")
+    wandb.add_argument(
+        "--step-from",
+        choices=("sweep",),
+        help="one W&B run per sweep, each tandem run logged at its spec's step",
+    )
+    wandb.add_argument(
+        "--max-samples",
+        type=_positive,
+        default=1000,
+        help="rows per task in the samples table (default 1000)",
+    )
 
     demo = command(
         "demo", _cmd_demo, "End-to-end demo on the embedded model through a local Ray head."
