@@ -1,11 +1,14 @@
 """The results endpoint: ``tandem serve --store URI`` (FastAPI), read-only over a store.
 
 Routes (``_routes``): ``/runs`` (paginated, filter by model and task), ``/runs/{id}``
-(spec, environment, what the workers resolved, telemetry), ``/runs/{id}/scores``,
-``/runs/{id}/samples``, ``/runs/{id}/export``, ``/compare``, ``/metrics``
-(Prometheus); ``/healthz`` and an HTML page at ``/``. The app never writes to the store.
+(spec, environment, what the workers resolved, telemetry, profile),
+``/runs/{id}/scores``, ``/runs/{id}/samples`` (filtered and paged on the server),
+``/runs/{id}/sample``, ``/runs/{id}/export``, ``/compare`` and ``/compare/tests``
+(flips, paired tests), ``/sweeps``, ``/metrics`` (Prometheus); ``/healthz`` and the
+viewer at ``/`` (``static/``). The app never writes to the store.
 
-Errors: a missing run or task answers 404, a malformed request 400 or 422, and a store
+Errors: a missing run or task answers 404, a malformed request 400 or 422, a compare of
+runs that do not cover the same samples 409, and a store
 that cannot be read -- unreachable, or a damaged record or shard -- 503 with a message;
 never 500, and no message carries the store's location on the server.
 
