@@ -115,6 +115,60 @@ def tinybenchmarks_irt(
     out.metrics.update(irt.estimate(irt.load_params(options.irt_params), correct))
 
 
+def perplexity_of_mean(
+    names: list[str], rows: Rows, options: AggregateOptions, out: Aggregate
+) -> None:
+    """lm-eval's ``perplexity`` aggregation: exp(-mean(log-likelihood)) over samples."""
+    values = [dict(r["metrics"])["logprob"] for r in rows]
+    mean_logprob = sum(values) / len(values)
+    for name in names:
+        try:
+            out.metrics[name] = math.exp(-mean_logprob)
+        except OverflowError:
+            out.metrics[name] = math.inf
+
+
+def _pooled_stderr(groups: list[tuple[int, float]]) -> float | None:
+    """lm-eval's pooled_sample_stderr over (size, stderr) pairs of subtasks."""
+    total = sum(size for size, _ in groups)
+    if total - len(groups) <= 0:
+        return None
+    variance = sum((size - 1) * stderr**2 * size for size, stderr in groups)
+    return math.sqrt(variance / (total - len(groups)) / total)
+
+
+def mmlu_groups(names: list[str], rows: Rows, options: AggregateOptions, out: Aggregate) -> None:
+    """acc per subject and per category, and the overall stderr, as lm-eval's mmlu group
+    aggregates its subtasks (weighted by size; stderr pooled over subjects)."""
+    from shared.tasks.mmlu import CATEGORIES
+
+    by_subject: dict[str, list[float]] = {}
+    for r in rows:
+        subject = r["sample_id"].split("/", 1)[0]
+        by_subject.setdefault(subject, []).append(dict(r["metrics"])["acc"])
+    subjects = {
+        s: {"acc": _mean(v), "acc_stderr": _stderr(v) or 0.0, "n": len(v)}
+        for s, v in sorted(by_subject.items())
+    }
+    categories: dict[str, dict[str, Any]] = {}
+    for category in sorted(set(CATEGORIES.values())):
+        members = [v for s, v in subjects.items() if CATEGORIES.get(s) == category]
+        if not members:
+            continue
+        size = sum(m["n"] for m in members)
+        categories[category] = {
+            "acc": sum(m["acc"] * m["n"] for m in members) / size,
+            "acc_stderr": _pooled_stderr([(m["n"], m["acc_stderr"]) for m in members]),
+            "n": size,
+        }
+    out.metrics["by_subject"] = subjects
+    out.metrics["by_category"] = categories
+    # lm-eval's group stderr: pooled over the subjects (not the plain mean_stderr).
+    out.metrics["acc_stderr"] = _pooled_stderr(
+        [(m["n"], m["acc_stderr"]) for m in subjects.values()]
+    )
+
+
 Aggregation = Callable[[list[str], Rows, AggregateOptions, Aggregate], None]
 
 AGGREGATIONS: dict[str, Aggregation] = {
@@ -124,6 +178,8 @@ AGGREGATIONS: dict[str, Aggregation] = {
     "f1": f1,
     "perplexity": perplexity,
     "tinybenchmarks_irt": tinybenchmarks_irt,
+    "perplexity_of_mean": perplexity_of_mean,
+    "mmlu_groups": mmlu_groups,
 }
 
 

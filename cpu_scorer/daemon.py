@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from cpu_scorer._lease import Leases, new_owner
+from cpu_scorer._rows import NeedsConfirmation, ScoreOptions
 from cpu_scorer.aggregations import AggregateOptions
 from cpu_scorer.scoring import (
     QUARANTINE_ERRORS,
@@ -99,6 +100,8 @@ class DaemonConfig:
     only_run: str | None = None
     # A progress bar over the pending shards on stderr (``tandem score``).
     progress: bool = False
+    # Code tasks' programs may run (in the sandbox): --confirm-run-unsafe-code.
+    confirm_unsafe_code: bool = False
 
 
 @dataclass
@@ -109,12 +112,20 @@ class Tally:
     failed: int = 0
     summaries: int = 0
     set_aside: int = 0
+    # Shards of code tasks left unscored: the user did not allow their programs to run.
+    unconfirmed: int = 0
 
     def line(self) -> str:
         return (
             f"scored {self.scored}, quarantined {self.quarantined}, skipped {self.skipped} "
             f"(done by another scorer), failed {self.failed}, summaries {self.summaries}"
             + (f", damaged score shards re-scored {self.set_aside}" if self.set_aside else "")
+            + (
+                f", {self.unconfirmed} code shard(s) left unscored (needs "
+                "--confirm-run-unsafe-code)"
+                if self.unconfirmed
+                else ""
+            )
         )
 
 
@@ -131,6 +142,7 @@ class Daemon:
         self.summaries = SummaryBuilder(
             store, AggregateOptions(irt_params=config.irt_params), on_damaged=self._damaged
         )
+        self.options = ScoreOptions(confirm_unsafe_code=config.confirm_unsafe_code)
         self.tally = Tally()
         # Per run, what happened to its shards (``tandem score`` prints these).
         self.runs: dict[str, Tally] = {}
@@ -355,7 +367,17 @@ class Daemon:
         except QUARANTINE_ERRORS as error:
             return self._quarantine(ref, error)
         try:
-            scores = score_generation(table, ref, record)
+            scores = score_generation(table, ref, record, self.options)
+        except NeedsConfirmation as error:
+            # Not the shard's fault: it stays pending, skipped until a scorer is told
+            # it may run programs. Said once per task.
+            self._given_up.add(ref)
+            self.tally.unconfirmed += 1
+            self._tally(ref.run_id).unconfirmed += 1
+            if ("unsafe", ref.task) not in self._reported:
+                self._reported.add(("unsafe", ref.task))
+                log.warning("%s", error)
+            return "unconfirmed"
         except QUARANTINE_ERRORS as error:
             return self._quarantine(ref, error)
         except Exception as error:  # noqa: BLE001 - a scorer bug, not a bad shard

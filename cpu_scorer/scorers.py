@@ -21,43 +21,22 @@ from typing import Any
 
 import pyarrow as pa
 
+from cpu_scorer import generative
+from cpu_scorer._rows import (
+    DEFAULT_OPTIONS,
+    NeedsConfirmation,
+    Rows,
+    ScoreOptions,
+    load_doc,
+    score_row_base,
+)
 from shared.errors import TandemError
 from shared.records import WorkerTelemetry
 from shared.schema import extras_of, make_table, provenance_of, upgrade
 from shared.tasks import TaskDef
 
-SCORER_VERSION = "1"
 
-Rows = list[dict[str, Any]]
-
-
-def load_doc(row: dict[str, Any]) -> dict[str, Any]:
-    try:
-        doc = json.loads(row["doc"] or "{}")
-    except json.JSONDecodeError as error:
-        raise TandemError(f"sample {row['sample_id']}: doc column is not JSON") from error
-    if not isinstance(doc, dict):
-        raise TandemError(f"sample {row['sample_id']}: doc column is not a JSON object")
-    return doc
-
-
-def _score_row_base(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "run_id": row["run_id"],
-        "task": row["task"],
-        "sample_id": row["sample_id"],
-        "metrics": [],
-        "instruction_id_list": None,
-        "inst_level_strict": None,
-        "inst_level_loose": None,
-        "prediction": None,
-        "scorer_version": SCORER_VERSION,
-        "error": row.get("error"),
-        "details": None,
-    }
-
-
-def score_ifeval(rows: Rows) -> Rows:
+def score_ifeval(rows: Rows, options: ScoreOptions = DEFAULT_OPTIONS) -> Rows:
     from cpu_scorer import ifeval
 
     docs = [load_doc(r) for r in rows]
@@ -76,7 +55,7 @@ def score_ifeval(rows: Rows) -> Rows:
             for i in todo
         ]
     )
-    out = [_score_row_base(r) for r in rows]
+    out = [score_row_base(r) for r in rows]
     for index, verdict in zip(todo, verdicts, strict=True):
         strict, loose = list(verdict.strict), list(verdict.loose)
         out[index].update(
@@ -93,12 +72,12 @@ def score_ifeval(rows: Rows) -> Rows:
     return out
 
 
-def score_choices(rows: Rows) -> Rows:
+def score_choices(rows: Rows, options: ScoreOptions = DEFAULT_OPTIONS) -> Rows:
     from cpu_scorer import multiple_choice
 
     out = []
     for row in rows:
-        scored = _score_row_base(row)
+        scored = score_row_base(row)
         if not row.get("error"):
             doc = load_doc(row)
             choice_texts = doc.get("choice_texts") or [c.lstrip(" ") for c in row["choices"]]
@@ -109,10 +88,10 @@ def score_choices(rows: Rows) -> Rows:
     return out
 
 
-def score_rolling(rows: Rows) -> Rows:
+def score_rolling(rows: Rows, options: ScoreOptions = DEFAULT_OPTIONS) -> Rows:
     out = []
     for row in rows:
-        scored = _score_row_base(row)
+        scored = score_row_base(row)
         if not row.get("error"):
             scored["metrics"] = [
                 ("bytes", float(row["bytes"])),
@@ -124,6 +103,46 @@ def score_rolling(rows: Rows) -> Rows:
     return out
 
 
+def score_greedy(rows: Rows, options: ScoreOptions = DEFAULT_OPTIONS) -> Rows:
+    """One continuation per sample (LAMBADA's last word): acc is whether greedy decoding
+    produces all of it; its log-likelihood feeds the perplexity."""
+    out = []
+    for row in rows:
+        scored = score_row_base(row)
+        if not row.get("error"):
+            if len(row["logprobs"] or ()) != 1 or len(row["is_greedy"] or ()) != 1:
+                raise TandemError(f"sample {row['sample_id']}: expected one continuation")
+            scored["metrics"] = [
+                ("acc", float(bool(row["is_greedy"][0]))),
+                ("logprob", float(row["logprobs"][0])),
+            ]
+            scored["prediction"] = 0 if row["is_greedy"][0] else None
+        out.append(scored)
+    return out
+
+
+def score_mc2(rows: Rows, options: ScoreOptions = DEFAULT_OPTIONS) -> Rows:
+    """TruthfulQA mc2: the true answers' share of the probability mass, the choices'
+    probabilities (exp of their log-likelihoods) normalized to sum to one."""
+    import math
+
+    out = []
+    for row in rows:
+        scored = score_row_base(row)
+        if not row.get("error"):
+            labels = load_doc(row).get("labels")
+            logprobs = row["logprobs"] or []
+            if not isinstance(labels, list) or len(labels) != len(logprobs) or not logprobs:
+                raise TandemError(f"sample {row['sample_id']}: doc labels do not pair with choices")
+            top = max(logprobs)  # shift before exp: the ratio is the same, no underflow
+            weights = [math.exp(lp - top) for lp in logprobs]
+            true = sum(w for w, label in zip(weights, labels, strict=True) if label == 1)
+            scored["metrics"] = [("acc", true / sum(weights))]
+            scored["prediction"] = max(range(len(logprobs)), key=logprobs.__getitem__)
+        out.append(scored)
+    return out
+
+
 @dataclass(frozen=True)
 class Scorer:
     """A CPU scorer: the generation schema it reads, its per-row function, and the
@@ -131,14 +150,21 @@ class Scorer:
     the task has no pass/fail)."""
 
     schema: str
-    score: Callable[[Rows], Rows]
+    score: Callable[[Rows, ScoreOptions], Rows]
     pass_metric: str | None
+    # Runs model-written programs: refused unless options.confirm_unsafe_code.
+    unsafe: bool = False
 
 
 SCORERS: dict[str, Scorer] = {
     "ifeval": Scorer("generations", score_ifeval, "prompt_level_strict_acc"),
     "choices": Scorer("loglikelihoods", score_choices, "acc"),
     "rolling": Scorer("rolling", score_rolling, None),
+    "greedy": Scorer("loglikelihoods", score_greedy, "acc"),
+    "truthfulqa_mc2": Scorer("loglikelihoods", score_mc2, None),
+    "gsm8k": Scorer("generations", generative.score_gsm8k, "exact_match,strict-match"),
+    "minerva_math": Scorer("generations", generative.score_math, "exact_match"),
+    "code": Scorer("generations", generative.score_code, "pass@1", unsafe=True),
 }
 
 
@@ -163,14 +189,25 @@ def read_generation(table: pa.Table, task: TaskDef) -> tuple[pa.Table, Rows]:
     return table, table.to_pylist()
 
 
-def score_table(generation: pa.Table, task: TaskDef) -> pa.Table:
+def score_table(
+    generation: pa.Table, task: TaskDef, options: ScoreOptions = DEFAULT_OPTIONS
+) -> pa.Table:
     """Score one generation shard (any schema version) of ``task`` into a scores table."""
     generation, rows = read_generation(generation, task)
-    return score_rows(generation, rows, task)
+    return score_rows(generation, rows, task, options)
 
 
-def score_rows(generation: pa.Table, rows: Rows, task: TaskDef) -> pa.Table:
-    scored = scorer_for(task).score(rows) if rows else []
+def score_rows(
+    generation: pa.Table, rows: Rows, task: TaskDef, options: ScoreOptions = DEFAULT_OPTIONS
+) -> pa.Table:
+    scorer = scorer_for(task)
+    if scorer.unsafe and not options.confirm_unsafe_code:
+        raise NeedsConfirmation(
+            f"task {task.name} runs model-written programs to score them; the scorer runs "
+            "them only when told to: --confirm-run-unsafe-code (see docs/tasks.md, "
+            "'Running model-written code')"
+        )
+    scored = scorer.score(rows, options) if rows else []
     extra = {"telemetry": json.dumps(shard_telemetry(generation), sort_keys=True)}
     worker = extras_of(generation).get("worker")
     if worker:

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from cpu_scorer.scorers import SCORER_VERSION, read_generation, score_rows
+from cpu_scorer._rows import DEFAULT_OPTIONS, SCORER_VERSION, ScoreOptions
+from cpu_scorer.scorers import read_generation, score_rows
 from shared.errors import TandemError
 from shared.records import RunRecord
 from shared.schema import extras_of
@@ -65,12 +66,15 @@ def task_of(ref: ShardRef, record: RunRecord) -> TaskDef:
     return task
 
 
-def score_generation(table: pa.Table, ref: ShardRef, record: RunRecord) -> pa.Table:
+def score_generation(
+    table: pa.Table, ref: ShardRef, record: RunRecord, options: ScoreOptions = DEFAULT_OPTIONS
+) -> pa.Table:
     """The scores table of a generation shard read from ``ref``'s place, after the checks
-    in the module docstring; TandemError naming what is wrong otherwise."""
+    in the module docstring; TandemError naming what is wrong otherwise (and
+    NeedsConfirmation, which is not the shard's fault, for code the user did not let run)."""
     task = task_of(ref, record)
     generation, rows = read_generation(table, task)
-    scores = score_rows(generation, rows, task)
+    scores = score_rows(generation, rows, task, options)
     check_identity(generation, rows, ref, record)
     return scores
 
@@ -166,6 +170,7 @@ def score_once(
     run_id: str | None = None,
     options: object | None = None,
     progress: bool = True,
+    confirm_unsafe_code: bool = False,
 ) -> dict[str, Tally]:
     """``tandem score``: the daemon's run-once mode over one run (or all); returns the
     per-run tallies (``cpu_scorer.daemon.Tally``)."""
@@ -179,6 +184,7 @@ def score_once(
         irt_params=getattr(options, "irt_params", None),
         only_run=run_id,
         progress=progress,
+        confirm_unsafe_code=confirm_unsafe_code,
     )
     daemon = Daemon(store, config)
     daemon.run()
@@ -190,9 +196,10 @@ def score_store(
     run_id: str | None = None,
     options: object | None = None,
     progress: bool = True,
+    confirm_unsafe_code: bool = False,
 ) -> dict[str, dict[str, int]]:
     """``score_once``, as counts: per run, shards scored and quarantined."""
     return {
         rid: {"scored": t.scored, "quarantined": t.quarantined}
-        for rid, t in score_once(store, run_id, options, progress).items()
+        for rid, t in score_once(store, run_id, options, progress, confirm_unsafe_code).items()
     }

@@ -21,8 +21,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from cpu_scorer._rows import SCORER_VERSION
 from cpu_scorer.aggregations import AggregateOptions, aggregate_task
-from cpu_scorer.scorers import SCORER_VERSION, shard_telemetry
+from cpu_scorer.scorers import shard_telemetry
 from shared.errors import TandemError
 from shared.records import (
     RunRecord,

@@ -104,7 +104,7 @@ def worker_info(backend: Any) -> WorkerInfo:
 
 
 def plan(
-    spec: RunSpec, store: Store, data_dir: str | None = None
+    spec: RunSpec, store: Store, data_dir: str | None = None, backend: Any = None
 ) -> tuple[str, list[ShardJob], int, RunRecord]:
     """Validate everything and list the shards still to do. Writes nothing: an existing
     run under this id with another spec is refused here, before any model loads."""
@@ -114,10 +114,16 @@ def plan(
         store.check_same_spec(run_id, store.read_json(path), spec.spec_hash())
     samples: dict[str, list[Sample]] = {}
     for name in spec.tasks:
-        samples[name] = load_samples(TASKS[name], data_dir or spec.data_dir, spec.limit.get(name))
+        samples[name] = load_samples(
+            TASKS[name],
+            spec.task_data.get(name) or data_dir or spec.data_dir,
+            spec.limit.get(name),
+            num_fewshot=spec.shots(name),
+            fewshot_seed=spec.fewshot_seed,
+        )
         if not samples[name]:
             raise TandemError(f"task {name}: no samples to evaluate")
-    model = describe_model(spec)
+    model = describe_model(spec) if backend is None else _describe_loaded(backend)
     if spec.chat_template == "on" and not model["has_chat_template"]:
         raise TandemError(f"chat_template = 'on' but {spec.model} has no chat template")
     record = run_record(spec, run_id, model, {k: len(v) for k, v in samples.items()})
@@ -148,6 +154,18 @@ def start_run(store: Store, record: RunRecord, workers: list[WorkerInfo]) -> Non
     store.start_run(record.run_id, record.model_copy(update={"workers": workers}))
 
 
+def _describe_loaded(backend: Any) -> dict[str, object]:
+    """describe_model's answer for a backend over a model already in memory."""
+    info = backend.info()
+    return {
+        "model_id": info.get("model_id", ""),
+        "model_revision": info.get("model_revision", ""),
+        "model_file_sha256": info.get("model_file_sha256", ""),
+        "chat_template_sha256": info.get("chat_template_sha256", ""),
+        "has_chat_template": backend.has_chat_template(),
+    }
+
+
 def run_generation(
     spec: RunSpec,
     store_uri: str,
@@ -156,11 +174,13 @@ def run_generation(
     workers: int | None = None,
     data_dir: str | None = None,
     progress: bool = True,
+    backend: Any = None,
 ) -> JobResult:
-    """Run (or resume) a generation job. ``local=None`` uses Ray when RAY_ADDRESS is set."""
+    """Run (or resume) a generation job. ``local=None`` uses Ray when RAY_ADDRESS is set.
+    ``backend``: an already built backend to run in this process (``tandem.evaluate``)."""
     store = Store(store_uri)
     store.check(writable=True, create=True)
-    run_id, jobs, skipped, record = plan(spec, store, data_dir)
+    run_id, jobs, skipped, record = plan(spec, store, data_dir, backend)
     result = JobResult(run_id, shards_skipped=skipped)
     print(
         f"run {run_id}: {len(jobs)} shard(s) to generate, {skipped} already in {store.uri}",
@@ -171,10 +191,15 @@ def run_generation(
             start_run(store, record, [])  # every shard exists but the record was lost
         return result
     if local is None:
-        local = not os.environ.get("RAY_ADDRESS")
+        local = backend is not None or not os.environ.get("RAY_ADDRESS")
     started = time.perf_counter()
-    runner = _run_local if local else _run_ray
-    for stats in runner(spec, store_uri, jobs, record, workers, progress):
+    if backend is not None:
+        batches = _run_local(spec, store_uri, jobs, record, workers, progress, backend)
+    else:
+        batches = (_run_local if local else _run_ray)(
+            spec, store_uri, jobs, record, workers, progress
+        )
+    for stats in batches:
         result.stats.append(stats)
         result.shards_done += 1
         result.samples += stats["samples"]
@@ -194,11 +219,11 @@ def _progress(jobs: list[ShardJob], enabled: bool) -> tqdm:
     )
 
 
-def _run_local(spec, store_uri, jobs, record, workers, progress):
+def _run_local(spec, store_uri, jobs, record, workers, progress, backend=None):
     from gpu_worker.backends import create_backend
     from gpu_worker.shards import run_shard
 
-    backend = create_backend(spec)
+    backend = backend or create_backend(spec)
     worker = worker_info(backend)
     store = Store(store_uri)
     start_run(store, record, [worker])

@@ -39,7 +39,7 @@ def build_shard(
     another name is caught), the worker that wrote it and what it measured meanwhile."""
     meter = ShardMeter(backend)
     if task.kind == "generate":
-        rows = _generate_rows(backend, spec, ref, samples, chat)
+        rows = _generate_rows(backend, spec, task, ref, samples, chat)
     elif task.kind == "multiple_choice":
         rows = _choice_rows(backend, ref, samples, chat)
     else:
@@ -83,12 +83,30 @@ def _base(ref: ShardRef, sample: Sample) -> dict[str, Any]:
     return {"run_id": ref.run_id, "task": ref.task, "sample_id": sample.sample_id}
 
 
+def generation_settings(spec: RunSpec, task: TaskDef) -> tuple[int, tuple[str, ...]]:
+    """(max_new_tokens, stop strings) for a generation task: the task's stop strings
+    (lm-eval's ``until``) and the spec's; the task's token budget (``max_gen_toks``)
+    unless the spec sets ``generation.max_new_tokens`` itself."""
+    params = spec.generation
+    own = task.generation
+    stop = tuple(dict.fromkeys((*(own.stop if own else ()), *params.stop)))
+    budget = params.max_new_tokens
+    if own and own.max_new_tokens and "max_new_tokens" not in params.model_fields_set:
+        budget = own.max_new_tokens
+    return budget, stop
+
+
 def _generate_rows(
-    backend: Backend, spec: RunSpec, ref: ShardRef, samples: list[Sample], chat: bool
+    backend: Backend,
+    spec: RunSpec,
+    task: TaskDef,
+    ref: ShardRef,
+    samples: list[Sample],
+    chat: bool,
 ) -> list[dict[str, Any]]:
     rendered = [backend.render(s.prompt, chat) for s in samples]
-    params = spec.generation
-    requests = [GenerationRequest(text, params.max_new_tokens, params.stop) for text in rendered]
+    budget, stop = generation_settings(spec, task)
+    requests = [GenerationRequest(text, budget, stop) for text in rendered]
     results = backend.generate(requests)
     rows = []
     for sample, text, result in zip(samples, rendered, results, strict=True):

@@ -89,3 +89,16 @@ def require_fields(
                 f"{source}:{number}: field {name!r} must be {_KINDS.get(kind, kind.__name__)}, "
                 f"got {type_name(obj[name])}"
             )
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """A whole JSON file (TruthfulQA's mc_task.json, MBPP's sanitized set)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise TandemError(f"cannot read {path}: {error.strerror or error}") from error
+    try:
+        return json.loads(decode_utf8(data, path))
+    except json.JSONDecodeError as error:
+        raise TandemError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from error

@@ -251,6 +251,43 @@ class ProfileRecord(_Record):
         return self.model_dump(mode="json", by_alias=True)
 
 
+class SweepCheckpoint(_Record):
+    """One checkpoint of a sweep: its run, and whether it kept to the budget."""
+
+    step: int
+    run_id: str
+    status: str = Field("done", description="done, failed (with error) or skipped")
+    seconds: float | None = None
+    over_budget: bool = False
+    error: str | None = None
+
+
+class SweepRecord(_Record):
+    """``sweeps/<name>/sweep.json``: a checkpoint sweep, its fixed caps and its steps.
+    Rewritten (atomically) as checkpoints finish."""
+
+    schema_name: Literal["tandem.sweep"] = Field("tandem.sweep", alias="schema")
+    schema_version: int = 1
+    name: str
+    checkpoints: str = Field("", description="the folder the checkpoints are found in")
+    every: int | None = None
+    budget_seconds: float | None = None
+    # Per task: items evaluated at every checkpoint (fixed after the first checkpoint).
+    caps: dict[str, int] = Field(default_factory=dict)
+    # Per task: seconds per item measured on the first checkpoint; fixed cost per
+    # checkpoint (export and model load). Pinned caps come from the spec.
+    seconds_per_item: dict[str, float] = Field(default_factory=dict)
+    overhead_seconds: float | None = None
+    pinned: list[str] = Field(default_factory=list)
+    predicted_seconds: float | None = None
+    # Measuring the tasks on the first checkpoint (once per sweep, outside its budget).
+    calibration_seconds: float | None = None
+    steps: list[SweepCheckpoint] = Field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
 def _joined(values: Any) -> str:
     seen: list[str] = []
     for value in values:
@@ -320,6 +357,12 @@ def read_profile(data: bytes | str | Any, source: str = "profile.json") -> Profi
     data = dict(_load(data, source))
     _check_version(data, source, PROFILE_SCHEMA, PROFILE_VERSION)
     return _validate(ProfileRecord, data, source)
+
+
+def read_sweep(data: bytes | str | Any, source: str = "sweep.json") -> SweepRecord:
+    data = dict(_load(data, source))
+    _check_version(data, source, "tandem.sweep", 1)
+    return _validate(SweepRecord, data, source)
 
 
 def read_summary(data: bytes | str | Any, source: str = "summary.json") -> Summary:

@@ -28,7 +28,7 @@ from pydantic import (
 from shared.errors import TandemError, did_you_mean
 from shared.jsonl import decode_utf8
 from shared.store._layout import RUN_ID_PATTERN
-from shared.tasks import TASKS
+from shared.tasks import SUITES, TASKS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +36,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+DEFAULT_FEWSHOT_SEED = 1234  # lm-eval's fewshot_random_seed
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8", "nf4"]
 BackendName = Literal["hf", "vllm", "unsloth", "fake"]
@@ -86,6 +87,15 @@ class RunSpec(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tasks: tuple[str, ...] = Field(..., min_length=1)
     limit: dict[str, StrictInt] = Field(default_factory=dict)
+    # Few-shot exemplars per task (0 when absent), drawn as lm-eval draws them.
+    num_fewshot: dict[str, StrictInt] = Field(default_factory=dict)
+    fewshot_seed: StrictInt = DEFAULT_FEWSHOT_SEED
+    # Per task, a data file or folder instead of data_dir (a held-out text for perplexity).
+    task_data: dict[str, str] = Field(default_factory=dict)
+    # A checkpoint sweep's name and this run's training step (``tandem sweep``,
+    # ``tandem.evaluate``): the page and reports plot metrics against the step.
+    sweep: str | None = Field(None, max_length=128)
+    step: StrictInt | None = Field(None, ge=0)
     shard_size: StrictInt = Field(32, ge=1, le=100_000)
     data_dir: str | None = None
     seed: StrictInt = 0
@@ -104,14 +114,35 @@ class RunSpec(BaseModel):
             )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_suites(cls, data: Any) -> Any:
+        """A suite name in ``tasks`` becomes its tasks, with the suite's shot counts
+        unless num_fewshot names the task."""
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), (list, tuple)):
+            return data
+        if not any(name in SUITES for name in data["tasks"]):
+            return data
+        tasks: list[Any] = []
+        shots = dict(data.get("num_fewshot") or {})
+        for name in data["tasks"]:
+            if name in SUITES:
+                for task, count in SUITES[name].items():
+                    tasks.append(task)
+                    shots.setdefault(task, count)
+            else:
+                tasks.append(name)
+        return {**data, "tasks": tasks, "num_fewshot": shots}
+
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
             if name not in TASKS:
+                known = [*TASKS, *SUITES]
                 raise ValueError(
-                    f"unknown task {name!r}{did_you_mean(name, TASKS)}; "
-                    f"allowed: {', '.join(sorted(TASKS))}"
+                    f"unknown task {name!r}{did_you_mean(name, known)}; "
+                    f"allowed: {', '.join(sorted(TASKS))}; suites: {', '.join(SUITES)}"
                 )
         if len(set(value)) != len(value):
             raise ValueError("a task is listed twice")
@@ -126,11 +157,40 @@ class RunSpec(BaseModel):
                 )
             if cap < 1:
                 raise ValueError(f"limit for {name!r} must be at least 1, got {cap}")
+        for name in self.task_data:
+            if name not in self.tasks:
+                raise ValueError(
+                    f"task_data names task {name!r}, which is not in tasks {list(self.tasks)}"
+                )
+        for name, shots in self.num_fewshot.items():
+            if name not in self.tasks:
+                raise ValueError(
+                    f"num_fewshot names task {name!r}, which is not in tasks {list(self.tasks)}"
+                )
+            if shots < 0:
+                raise ValueError(f"num_fewshot for {name!r} must be 0 or more, got {shots}")
+            if shots and TASKS[name].fewshot is None:
+                takes = sorted(t for t, d in TASKS.items() if d.fewshot is not None)
+                raise ValueError(
+                    f"task {name!r} takes no few-shot examples; tasks that do: {', '.join(takes)}"
+                )
         return self
+
+    def shots(self, task: str) -> int:
+        return self.num_fewshot.get(task, 0)
 
     def spec_hash(self) -> str:
         """Hash of everything that changes results (not run_id, not data_dir's location)."""
-        payload = self.model_dump(mode="json", exclude={"run_id", "data_dir"})
+        payload = self.model_dump(mode="json", exclude={"run_id", "data_dir", "task_data"})
+        # Fields added after runs existed are hashed only when set, so those runs' specs
+        # keep their hash (and resume).
+        if not payload["num_fewshot"]:
+            del payload["num_fewshot"]
+        if payload["fewshot_seed"] == DEFAULT_FEWSHOT_SEED:
+            del payload["fewshot_seed"]
+        for key in ("sweep", "step"):
+            if payload[key] is None:
+                del payload[key]
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -175,6 +235,11 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> RunSpec:
 
 def load_spec(path: str | Path) -> RunSpec:
     """Read and validate a TOML (or YAML) run spec file."""
+    return parse_spec(load_spec_fields(path), str(path))
+
+
+def load_spec_fields(path: str | Path) -> dict[str, Any]:
+    """A spec file's fields, read but not yet validated (a sweep adds its own)."""
     path = Path(path)
     try:
         text = decode_utf8(path.read_bytes(), path)
@@ -198,4 +263,4 @@ def load_spec(path: str | Path) -> RunSpec:
             raise TandemError(f"{path}: not valid TOML: {error}") from error
     if not isinstance(data, dict):
         raise TandemError(f"{path}: a run spec must be a table of keys, got {type(data).__name__}")
-    return parse_spec(data, str(path))
+    return data

@@ -125,16 +125,26 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     store = Store(args.store)
     store.check(writable=True)
+    _unsafe_code_notice(args.confirm_run_unsafe_code)
     tallies = score_once(
-        store, args.run, AggregateOptions(irt_params=args.irt_params), progress=not args.quiet
+        store,
+        args.run,
+        AggregateOptions(irt_params=args.irt_params),
+        progress=not args.quiet,
+        confirm_unsafe_code=args.confirm_run_unsafe_code,
     )
     failed = 0
     for run_id, tally in tallies.items():
         print(
             f"run {run_id}: scored {tally.scored} shard(s), quarantined {tally.quarantined}"
             + (f", failed {tally.failed}" if tally.failed else "")
+            + (
+                f", {tally.unconfirmed} code shard(s) not run (add --confirm-run-unsafe-code)"
+                if tally.unconfirmed
+                else ""
+            )
         )
-        failed += tally.failed
+        failed += tally.failed + tally.unconfirmed
         try:
             summary = store.summary(run_id)
         except TandemError as error:
@@ -144,9 +154,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
             print_summary(summary)
     if not tallies:
         print(f"no runs in {store.uri}")
-    # 0: nothing left pending (bad shards are quarantined, which is an outcome); 1: the
-    # scorer itself failed on some shard (they stay pending for a fixed scorer).
+    # 0: nothing left pending (bad shards are quarantined, which is an outcome); 1: some
+    # shards stay unscored (the scorer failed on them, or code tasks were not allowed to
+    # run their programs).
     return 1 if failed else 0
+
+
+def _unsafe_code_notice(confirmed: bool) -> None:
+    """Said once, when the user lets model-written programs run."""
+    if confirmed:
+        from cpu_scorer import sandbox
+
+        print(f"tandem: {sandbox.UNSAFE_CODE_WARNING}", file=sys.stderr)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -191,8 +210,13 @@ def _cmd_scorer(args: argparse.Namespace) -> int:
 
     store = Store(args.store)
     store.check(writable=True)
+    _unsafe_code_notice(args.confirm_run_unsafe_code)
     config = DaemonConfig(
-        interval=args.interval, lease=args.lease, once=args.once, irt_params=args.irt_params
+        interval=args.interval,
+        lease=args.lease,
+        once=args.once,
+        irt_params=args.irt_params,
+        confirm_unsafe_code=args.confirm_run_unsafe_code,
     )
     watch(store, config)
     return 0
@@ -232,6 +256,49 @@ def _cmd_export_wandb(args: argparse.Namespace) -> int:
     )
     for run in done:
         print(f"W&B run {run['name']}: {', '.join(run['runs'])} ({run['dir']})")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from shared.spec import load_spec_fields
+    from tandem.sweep import SweepOptions, parse_budget, run_sweep
+
+    logging.basicConfig(level=os.environ.get("TANDEM_LOG_LEVEL", "INFO"), format="%(message)s")
+    options = SweepOptions(
+        checkpoints=Path(args.checkpoints),
+        store=args.store,
+        name=args.name or Path(args.checkpoints).resolve().name,
+        budget_seconds=parse_budget(args.budget),
+        base=load_spec_fields(args.spec) if args.spec else {},
+        every=args.every,
+        watch=args.watch,
+        settle=args.settle,
+        poll=args.poll,
+        tokenizer=args.tokenizer,
+        heldout=args.heldout,
+        data_dir=args.data_dir,
+        progress=not args.quiet,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    record = run_sweep(options, stop)
+    for step in record.steps:
+        note = " (over budget)" if step.over_budget else ""
+        print(f"step {step.step}: {step.status} {step.run_id} {step.seconds or ''}s{note}")
+    print(f"caps: {record.caps}")
+    return 1 if any(s.status == "failed" for s in record.steps) else 0
+
+
+def _cmd_export_checkpoint(args: argparse.Namespace) -> int:
+    from gpu_worker.export import export_checkpoint
+
+    target = export_checkpoint(args.state_dict, args.config, args.tokenizer, args.out)
+    print(f"exported {args.state_dict} to {target}")
     return 0
 
 
@@ -277,6 +344,15 @@ def add_ifeval_arguments(ifeval: argparse.ArgumentParser) -> None:
         type=_positive,
         metavar="N",
         help="processes to score with (default: every core, for large inputs)",
+    )
+
+
+def _unsafe_code_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--confirm-run-unsafe-code",
+        action="store_true",
+        help="score code tasks (humaneval, mbpp) by running the model's programs in a "
+        "sandbox; without it their shards stay unscored",
     )
 
 
@@ -343,12 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         _cmd_score,
         "Score every unscored shard once (the scorer daemon's run-once mode), then print "
-        "the summary. Exit 0 when nothing is left pending, 1 if the scorer failed on a shard.",
+        "the summary. Exit 0 when nothing is left pending, 1 if shards stay unscored.",
     )
     store_arg(score)
     score.add_argument("--run", help="only this run id")
     score.add_argument("--irt-params", help="tinyBenchmarks.pkl for tinyMMLU IRT/p-IRT/gp-IRT")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
+    _unsafe_code_argument(score)
 
     runs = command("runs", _cmd_runs, "List the runs in a store.")
     store_arg(runs)
@@ -369,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     scorer.add_argument("--lease", type=_seconds, default=300.0, help="claim lease in seconds")
     scorer.add_argument("--once", action="store_true", help="score what is pending, then exit")
     scorer.add_argument("--irt-params", help="tinyBenchmarks.pkl for tinyMMLU IRT estimates")
+    _unsafe_code_argument(scorer)
 
     serve = command("serve", _cmd_serve, "Serve results over HTTP (FastAPI).")
     store_arg(serve)
@@ -406,9 +484,22 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(report)
     report.add_argument("--format", choices=("md", "json"), default="md")
 
-    export = command("export", lambda args: 0, "Export runs to an experiment tracker.")
-    trackers = export.add_subparsers(dest="tracker", required=True, metavar="TRACKER")
-    wandb = trackers.add_parser(
+    # ``tandem export wandb RUN...`` and ``tandem export checkpoint STATE_DICT ...``; the
+    # older ``tandem export STATE_DICT ...`` still means the latter (see main()).
+    export = command("export", _cmd_export_checkpoint, "Export runs to W&B, or a checkpoint.")
+    targets = export.add_subparsers(dest="target", required=True, metavar="TARGET")
+    checkpoint = targets.add_parser(
+        "checkpoint",
+        help="a raw state_dict + config as a Hugging Face Llama folder (strict key check)",
+        description="Turn a raw state_dict + config into a Hugging Face Llama folder "
+        "(strict key check).",
+    )
+    checkpoint.set_defaults(handler=_cmd_export_checkpoint)
+    checkpoint.add_argument("state_dict", help="the weights (.safetensors, .pt, .pth, .bin)")
+    checkpoint.add_argument("--config", required=True, help="checkpoint config (TOML or JSON)")
+    checkpoint.add_argument("--tokenizer", required=True, help="the training tokenizer's folder")
+    checkpoint.add_argument("--out", required=True, help="the folder to write")
+    wandb = targets.add_parser(
         "wandb",
         help="Weights & Biases (needs the wandb extra; WANDB_MODE=offline works offline)",
         description="Metrics, per-instruction and breakdown tables and a samples table per "
@@ -430,6 +521,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="rows per task in the samples table (default 1000)",
     )
+    sweep = command(
+        "sweep",
+        _cmd_sweep,
+        "Evaluate a training run's checkpoints (step_N/ folders) in step order, in a time "
+        "budget per checkpoint, with caps fixed on the first one.",
+    )
+    sweep.add_argument("--checkpoints", required=True, help="folder of step_<N>/ checkpoints")
+    store_arg(sweep)
+    sweep.add_argument("--budget", default="5m", help="time per checkpoint (300, 90s, 5m, 1h)")
+    sweep.add_argument("--every", type=_positive, help="only steps that are multiples of N")
+    sweep.add_argument("--watch", action="store_true", help="keep taking new checkpoints")
+    sweep.add_argument("--name", help="the sweep's name (default: the checkpoints folder's)")
+    sweep.add_argument("--spec", help="a run spec with tasks, limits (pinned caps), settings")
+    sweep.add_argument("--tokenizer", help="the training tokenizer, for raw state_dict checkpoints")
+    sweep.add_argument("--heldout", help="a held-out text file: its perplexity joins the tasks")
+    sweep.add_argument("--data-dir", help="task data (e.g. ../shared/data)")
+    sweep.add_argument(
+        "--settle",
+        type=_seconds,
+        default=30.0,
+        help="a checkpoint without a DONE marker is taken once unchanged this long (s)",
+    )
+    sweep.add_argument("--poll", type=_seconds, default=30.0, help="--watch: look this often (s)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
 
     demo = command(
         "demo", _cmd_demo, "End-to-end demo on the embedded model through a local Ray head."
@@ -442,8 +557,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_EXPORT_TARGETS = ("wandb", "checkpoint", "-h", "--help")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "export" and argv[1] not in _EXPORT_TARGETS:
+        argv.insert(1, "checkpoint")  # ``tandem export model.pt ...`` as before
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)

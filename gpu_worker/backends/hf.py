@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 from gpu_worker import tokens as token_rules
@@ -69,32 +70,60 @@ def refusal(precision: str, platform: Platform) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A model and tokenizer already in memory, and the name the record gives them."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+
+
 class HFBackend:
     name = "hf"
     engine = "transformers"
     # Whether log-likelihood requests are packed into prefix trees (a custom 4-D mask).
     packs_loglikelihood = True
 
-    def __init__(self, spec: RunSpec):
+    def __init__(self, spec: RunSpec, loaded: Loaded | None = None):
+        """Load the spec's model, or, with ``loaded``, use a model already in memory
+        (``tandem.evaluate`` in a training loop): then nothing is loaded or moved, the
+        device and dtype are the model's, and the caller restores its train mode."""
         import torch
         from transformers import AutoTokenizer
 
-        from gpu_worker.backends._hf_decode import GreedyDecoder
-        from gpu_worker.backends._hf_loglik import LoglikelihoodScorer
+        from gpu_worker.models import ResolvedModel
 
         self.spec = spec
         self.loglik_seconds = 0.0  # log-likelihood forward time since take_telemetry()
+        if loaded is not None:
+            parameter = next(loaded.model.parameters())
+            self.device = parameter.device.type
+            dtype = str(parameter.dtype).removeprefix("torch.")
+            self.precision = next((p for p, d in DTYPES.items() if d == dtype), "fp32")
+            self.resolved = ResolvedModel("", loaded.model_id, "", "")
+            self._attach(loaded.model, loaded.tokenizer)
+            return
         self.device = self._pick_device(spec.device)
         if self.device == "cpu":
             torch.set_num_threads(available_cores())
         self.precision = self._pick_precision(spec.precision)
         resolved = resolve_model(spec.model, spec.revision)
         self.resolved = resolved
-        self.tokenizer = AutoTokenizer.from_pretrained(resolved.load_path, revision=spec.revision)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.load_path, revision=spec.revision)
+        self._attach(self._load_model(resolved.load_path), tokenizer)
+
+    def _attach(self, model: Any, tokenizer: Any) -> None:
+        """The engines over a loaded model and its tokenizer."""
+        from gpu_worker.backends._hf_decode import GreedyDecoder
+        from gpu_worker.backends._hf_loglik import LoglikelihoodScorer
+
+        spec = self.spec
+        self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = self._load_model(resolved.load_path)
+        self.model = model
         self.model.eval()
         self.dtype = self._dtype_name()
         config = self.model.config

@@ -14,6 +14,7 @@
     runs/<run_id>/quarantine/_run/<name>.error.json        a problem of the run itself (a
                                                            run.json or folder it cannot use)
     runs/<run_id>/claims/<task>/<shard>.json               scorer leases (expire)
+    sweeps/<name>/sweep.json                               a checkpoint sweep: caps, steps
 
 Shard names are the sample range they hold, ``<start>-<end>`` zero-padded to 7 digits, so
 a restarted job lists what exists and does only the missing ranges. Names starting with
@@ -32,6 +33,8 @@ TASK_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 SHARD_PATTERN = re.compile(r"^(\d{7})-(\d{7})$")
 
 RUNS = "runs"
+SWEEPS = "sweeps"
+SWEEP_RECORD = "sweep.json"
 RUN_RECORD = "run.json"
 SUMMARY = "summary.json"
 PROFILE = "profile.json"

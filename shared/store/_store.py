@@ -27,9 +27,11 @@ from shared.records import (
     ProfileRecord,
     RunRecord,
     Summary,
+    SweepRecord,
     read_profile,
     read_run_record,
     read_summary,
+    read_sweep,
 )
 from shared.store._layout import (
     CLAIM_SUFFIX,
@@ -44,6 +46,8 @@ from shared.store._layout import (
     SCORES,
     SHARD_SUFFIX,
     SUMMARY,
+    SWEEP_RECORD,
+    SWEEPS,
     ShardRef,
     check_run_id,
     check_task,
@@ -329,6 +333,26 @@ class Store:
 
     def publish_profile(self, profile: ProfileRecord) -> None:
         self.publish_json(self.run_path(profile.run_id, PROFILE), profile.as_json())
+
+    # ---- sweeps --------------------------------------------------------------------------
+    def sweep_path(self, name: str) -> str:
+        return self.path(SWEEPS, check_run_id(name), SWEEP_RECORD)
+
+    def sweep(self, name: str) -> SweepRecord | None:
+        path = self.sweep_path(name)
+        if not self.exists(path):
+            return None
+        return read_sweep(self.read_bytes(path), self.relative(path))
+
+    def publish_sweep(self, record: SweepRecord) -> None:
+        self.publish_json(self.sweep_path(record.name), record.as_json())
+
+    def list_sweeps(self) -> list[str]:
+        return [
+            name
+            for name in self.list_dirs(self.path(SWEEPS))
+            if is_run_id(name) and self.exists(self.sweep_path(name))
+        ]
 
     # ---- shards --------------------------------------------------------------------------
     def list_tasks(self, run_id: str, kind: str) -> list[str]:

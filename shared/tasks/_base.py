@@ -13,10 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared.errors import TandemError
 from shared.jsonl import read_jsonl
+
+if TYPE_CHECKING:
+    from shared.tasks._fewshot import Fewshot
 
 # generate: free-form generation (IFEval). multiple_choice: per-choice log-likelihoods.
 # rolling: log-likelihood of whole texts (perplexity).
@@ -42,6 +45,8 @@ class Sample:
     the continuation after the blank is shared). ``doc`` holds whatever the scorer
     needs later (instruction kwargs, choice texts for acc_norm); it is written into
     every generation row as JSON, so a shard can be scored without the original data.
+    ``description`` goes in front of the few-shot block and the context when the task
+    is loaded (``load_samples``; MMLU's subject line), and is empty afterwards.
     """
 
     sample_id: str
@@ -50,6 +55,16 @@ class Sample:
     gold: int | None = None
     contexts: tuple[str, ...] = ()
     doc: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generation task's own settings, as its lm-eval YAML has them: the stop strings
+    (``until``) and the token budget (``max_gen_toks``; None: the spec's)."""
+
+    stop: tuple[str, ...] = ()
+    max_new_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,12 @@ class TaskDef:
     # Whether an instruct model's chat template applies under chat_template="auto".
     # lm-eval scores log-likelihood tasks on the raw text unless told otherwise.
     chat_by_default: bool = False
+    # Few-shot exemplars (None: the task takes none) and the suite's usual shot count.
+    fewshot: Fewshot | None = None
+    # Generation tasks: stop strings and token budget.
+    generation: Generation | None = None
+    # Its scorer runs model-written programs: opt-in on the scorer's side.
+    unsafe_code: bool = False
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.metrics]
@@ -100,13 +121,26 @@ class TaskDef:
 CHOICE_METRICS = (Metric("acc"), Metric("acc_norm"))
 
 
-def load_samples(task: TaskDef, data_dir: str | Path | None, limit: int | None) -> list[Sample]:
-    """The first ``limit`` samples of a task (a fixed prefix, so runs stay comparable)."""
-    samples = task.loader(Path(data_dir).expanduser() if data_dir else None)
+def load_samples(
+    task: TaskDef,
+    data_dir: str | Path | None,
+    limit: int | None,
+    num_fewshot: int = 0,
+    fewshot_seed: int | None = None,
+) -> list[Sample]:
+    """The first ``limit`` samples of a task (a fixed prefix, so runs stay comparable),
+    each with its description and ``num_fewshot`` exemplars in front of its context
+    (``shared.tasks._fewshot``)."""
+    from shared.tasks._fewshot import DEFAULT_SEED, apply_fewshot
+
+    folder = Path(data_dir).expanduser() if data_dir else None
+    samples = task.loader(folder)
     ids = [s.sample_id for s in samples]
     if len(set(ids)) != len(ids):
         raise TandemError(f"task {task.name}: duplicate sample ids in the data")
-    return samples[:limit] if limit else samples
+    samples = samples[:limit] if limit else samples
+    seed = DEFAULT_SEED if fewshot_seed is None else fewshot_seed
+    return apply_fewshot(task.name, task.fewshot, samples, folder, num_fewshot, seed)
 
 
 @dataclass(frozen=True)
@@ -122,24 +156,28 @@ Numbered = list[tuple[int, dict[str, Any]]]
 
 
 def load_rows(
-    task: str, data_dir: Path | None, files: list[str], hub: HubSource
+    task: str, data_dir: Path | None, files: list[str], hub: HubSource, folder: str | None = None
 ) -> tuple[Path, Numbered]:
     """(source, [(line number, row)]) from the first of ``files`` found under
     ``data_dir`` (see ``find_data_file``), or from the hub when there is no data_dir."""
     if data_dir is None:
         rows = load_from_hub(task, hub.path, hub.name, hub.split)
         return Path(hub.path), list(enumerate(rows, start=1))
-    source = find_data_file(data_dir, task, files)
+    source = find_data_file(data_dir, task, files, folder)
     return source, list(read_jsonl(source))
 
 
-def find_data_file(data_dir: Path, task: str, candidates: list[str]) -> Path:
-    """The first candidate found in data_dir, data_dir/<task> or data_dir/mc/<task>.
+def find_data_file(
+    data_dir: Path, task: str, candidates: list[str], folder: str | None = None
+) -> Path:
+    """The first candidate found in data_dir, data_dir/<folder> or data_dir/mc/<folder>
+    (``folder`` defaults to the task's name).
 
     The last form is the layout of the project's shared data folder, so
     ``--data-dir ../shared/data`` works for every task.
     """
-    folders = (data_dir, data_dir / task, data_dir / "mc" / task)
+    name = folder or task
+    folders = (data_dir, data_dir / name, data_dir / "mc" / name)
     for name in candidates:
         for folder in folders:
             path = folder / name

@@ -24,6 +24,7 @@ from shared.tasks._base import (
     TaskDef,
     load_rows,
 )
+from shared.tasks._fewshot import Fewshot
 
 TARGET_DELIMITER = " "
 
@@ -36,22 +37,42 @@ def choice_task(
     samples: Callable[[Path, Numbered], list[Sample]],
     headline: str = "acc_norm",
     metrics: tuple[Metric, ...] = CHOICE_METRICS,
+    fewshot: Fewshot | None = None,
 ) -> TaskDef:
     """A multiple-choice task whose rows come from one JSONL file or the hub, turned
     into samples by ``samples(source, numbered rows)``."""
-
-    def load(data_dir: Path | None) -> list[Sample]:
-        return samples(*load_rows(name, data_dir, files, hub))
-
     return TaskDef(
         name=name,
         kind="multiple_choice",
         description=description,
-        loader=load,
+        loader=rows_loader(name, files, hub, samples),
         scorer="choices",
         metrics=metrics,
         headline=headline,
+        fewshot=fewshot,
     )
+
+
+def rows_loader(
+    name: str,
+    files: list[str],
+    hub: HubSource,
+    samples: Callable[[Path, Numbered], list[Sample]],
+    folder: str | None = None,
+) -> Callable[[Path | None], list[Sample]]:
+    """A loader: ``samples`` of the rows of the first of ``files`` found (in data_dir,
+    data_dir/<folder> or data_dir/mc/<folder>), or of the hub."""
+
+    def load(data_dir: Path | None) -> list[Sample]:
+        return samples(*load_rows(name, data_dir, files, hub, folder))
+
+    return load
+
+
+def answer_exemplar(sample: Sample) -> str:
+    """lm-eval's exemplar for a multiple-choice sample: the context, the target
+    delimiter and the gold choice's text."""
+    return sample.prompt + TARGET_DELIMITER + sample.doc["choice_texts"][sample.gold or 0]
 
 
 def check_gold(source: Path | str, number: int, gold: Any, count: int) -> int:

@@ -12,7 +12,8 @@ from pathlib import Path
 from shared.errors import TandemError
 from shared.jsonl import require_fields
 from shared.tasks._base import HubSource, Numbered, Sample
-from shared.tasks._mc import choice_task, mc_sample
+from shared.tasks._fewshot import Fewshot
+from shared.tasks._mc import answer_exemplar, choice_task, mc_sample, rows_loader
 
 
 def render_arc(question: str) -> str:
@@ -54,12 +55,26 @@ def _rows_to_samples(source: Path, numbered: Numbered) -> list[Sample]:
     return samples
 
 
+def _fewshot(task: str, config: str) -> Fewshot:
+    # lm-eval draws ARC's exemplars from the train split (training_split: train).
+    return Fewshot(
+        pool=rows_loader(
+            task,
+            [f"{config}-train.jsonl"],
+            HubSource("allenai/ai2_arc", config, "train"),
+            _rows_to_samples,
+        ),
+        exemplar=answer_exemplar,
+    )
+
+
 ARC_EASY = choice_task(
     "arc_easy",
     "ARC-Easy test (2376 grade-school science questions), acc and acc_norm",
     ["ARC-Easy-test.jsonl"],
     HubSource("allenai/ai2_arc", "ARC-Easy", "test"),
     _rows_to_samples,
+    fewshot=_fewshot("arc_easy", "ARC-Easy"),
 )
 
 ARC_CHALLENGE = choice_task(
@@ -68,4 +83,5 @@ ARC_CHALLENGE = choice_task(
     ["ARC-Challenge-test.jsonl"],
     HubSource("allenai/ai2_arc", "ARC-Challenge", "test"),
     _rows_to_samples,
+    fewshot=_fewshot("arc_challenge", "ARC-Challenge"),
 )

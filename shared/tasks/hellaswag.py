@@ -37,7 +37,8 @@ from shared.tasks._base import (
     find_data_file,
     load_from_hub,
 )
-from shared.tasks._mc import check_gold, mc_sample
+from shared.tasks._fewshot import Fewshot
+from shared.tasks._mc import answer_exemplar, check_gold, mc_sample
 
 _SPAN = re.compile(r"\[.*?\]")
 
@@ -139,6 +140,23 @@ def _load(data_dir: Path | None) -> list[Sample]:
     return _from_text(source)
 
 
+def _train(data_dir: Path | None) -> list[Sample]:
+    """lm-eval's few-shot pool: the train split, raw rows (hellaswag_train.jsonl)."""
+    if data_dir is None:
+        rows = load_from_hub("hellaswag", "Rowan/hellaswag", None, "train")
+        return _from_raw(Path("Rowan/hellaswag"), list(enumerate(rows, start=1)))
+    try:
+        source = find_data_file(data_dir, "hellaswag", ["hellaswag_train.jsonl"])
+    except TandemError as error:
+        raise TandemError(
+            f"{error}. HellaSwag's few-shot examples come from its train split (39,905 rows, "
+            "rowanz/hellaswag data/hellaswag_train.jsonl), which is not in the shared data "
+            "folder: put that file in --data-dir, run without --data-dir to read it from the "
+            "hub, or set num_fewshot = { hellaswag = 0 }"
+        ) from error
+    return _from_raw(source, list(read_jsonl(source)))
+
+
 # Two file formats (raw JSONL or llama.cpp's text copy), so not a plain choice_task.
 HELLASWAG = TaskDef(
     name="hellaswag",
@@ -148,4 +166,5 @@ HELLASWAG = TaskDef(
     scorer="choices",
     metrics=CHOICE_METRICS,
     headline="acc_norm",
+    fewshot=Fewshot(pool=_train, exemplar=answer_exemplar, draws_extra=True),
 )

@@ -58,8 +58,11 @@ def _load(data_dir: Path | None) -> list[Sample]:
             "perplexity", "EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", "test"
         )
         return [text_sample(str(i), row["page"]) for i, row in enumerate(rows) if row["page"]]
-    folder = data_dir / "perplexity" if (data_dir / "perplexity").is_dir() else data_dir
-    paths = sorted(p for p in folder.glob("*.txt") if p.is_file())
+    if data_dir.is_file():  # a held-out text named on its own (spec task_data)
+        folder, paths = data_dir.parent, [data_dir]
+    else:
+        folder = data_dir / "perplexity" if (data_dir / "perplexity").is_dir() else data_dir
+        paths = sorted(p for p in folder.glob("*.txt") if p.is_file())
     if not paths:
         raise TandemError(
             f"task perplexity: no *.txt files in {folder}; put one held-out text per .txt "

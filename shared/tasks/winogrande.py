@@ -17,8 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.errors import TandemError
-from shared.jsonl import require_fields
-from shared.tasks._base import HubSource, Numbered, Sample
+from shared.jsonl import read_jsonl, require_fields
+from shared.tasks._base import HubSource, Numbered, Sample, find_data_file, load_from_hub
+from shared.tasks._fewshot import Fewshot
 from shared.tasks._mc import TARGET_DELIMITER, choice_task
 
 _ANSWERS = {"1": 0, "2": 1}
@@ -59,6 +60,32 @@ def _samples(source: Path, numbered: Numbered) -> list[Sample]:
     return samples
 
 
+def _train(data_dir: Path | None) -> list[Sample]:
+    """lm-eval's few-shot pool: winogrande_xl's train split (40,398 rows)."""
+    if data_dir is None:
+        rows = load_from_hub("winogrande", "allenai/winogrande", "winogrande_xl", "train")
+        return _samples(Path("allenai/winogrande"), list(enumerate(rows, start=1)))
+    try:
+        source = find_data_file(
+            data_dir, "winogrande", ["winogrande_xl_train.jsonl", "train_xl.jsonl"]
+        )
+    except TandemError as error:
+        raise TandemError(
+            f"{error}. WinoGrande's few-shot examples come from winogrande_xl's train split "
+            "(train_xl.jsonl, 40,398 rows), which is not in the shared data folder (it holds "
+            "train_s/m/l, smaller subsets that would draw other examples than lm-eval): put "
+            "train_xl.jsonl in --data-dir, run without --data-dir to read it from the hub, or "
+            "set num_fewshot = { winogrande = 0 }"
+        ) from error
+    return _samples(source, list(read_jsonl(source)))
+
+
+def _exemplar(sample: Sample) -> str:
+    # The sentence up to the blank with the right option, then the rest of it.
+    gold = sample.gold or 0
+    return sample.contexts[gold] + sample.choices[gold]
+
+
 # lm-eval reports acc; acc_norm is computed too and always equals it here.
 WINOGRANDE = choice_task(
     "winogrande",
@@ -67,4 +94,5 @@ WINOGRANDE = choice_task(
     HubSource("allenai/winogrande", "winogrande_xl", "validation"),
     _samples,
     headline="acc",
+    fewshot=Fewshot(pool=_train, exemplar=_exemplar, draws_extra=True),
 )
