@@ -163,6 +163,31 @@ def build_report(store: Store, run_ids: list[str]) -> dict[str, Any]:
     }
 
 
+def breakdown_table(value: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """A nested metric as (headers, rows): ``{name: number}`` gives (name, value) rows;
+    ``{name: {acc, acc_stderr, n}}`` (MMLU's by_subject) one row per name with each
+    number as a column; anything deeper is flattened to ``a / b`` names."""
+    if value and all(isinstance(v, dict) for v in value.values()):
+        keys: list[str] = []
+        for record in value.values():
+            keys += [k for k, v in record.items() if _number(v) and k not in keys]
+        if keys:
+            rows = [[name, *[record.get(k) for k in keys]] for name, record in value.items()]
+            return ["name", *keys], rows
+    return ["name", "value"], _flat(value)
+
+
+def _flat(value: dict[str, Any], prefix: str = "") -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for name, item in value.items():
+        key = f"{prefix} / {name}" if prefix else str(name)
+        if _number(item):
+            rows.append([key, item])
+        elif isinstance(item, dict):
+            rows += _flat(item, key)
+    return rows
+
+
 def _f(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if _number(value) else "-"
 
@@ -221,9 +246,13 @@ def _run_markdown(run: dict[str, Any], level: str) -> list[str]:
     lines += [f"{level}# Scores", ""] + _table(["task", "metric", "value", "stderr", "n"], rows)
     for task, entry in run["scores"].items():
         for name, values in entry["breakdowns"].items():
-            flat = [[k, _f(v)] for k, v in values.items() if _number(v)]
-            if flat:
-                lines += [f"{level}# {task}: {name}", ""] + _table(["name", "value"], flat)
+            headers, rows = breakdown_table(values)
+            shown = [
+                [row[0], *[str(v) if isinstance(v, int) else _f(v) for v in row[1:]]]
+                for row in rows
+            ]
+            if shown:
+                lines += [f"{level}# {task}: {name}", ""] + _table(headers, shown)
     telemetry = [
         [
             task,

@@ -25,6 +25,7 @@ from typing import Any
 
 from cpu_scorer import _queries
 from cpu_scorer._sweeps import sweep_of
+from cpu_scorer.report import breakdown_table
 from cpu_scorer.summary import compute_summary
 from shared.errors import TandemError
 from shared.records import RunRecord, Summary
@@ -56,17 +57,6 @@ def metrics_of(summary: Summary) -> dict[str, float]:
                 out[f"{task}/telemetry/{name}"] = float(value)
         out[f"{task}/samples_scored"] = float(entry.samples_scored)
     return out
-
-
-def _flatten(value: dict[str, Any], prefix: str = "") -> list[list[Any]]:
-    rows: list[list[Any]] = []
-    for key, item in value.items():
-        name = f"{prefix} / {key}" if prefix else str(key)
-        if _number(item):
-            rows.append([name, float(item)])
-        elif isinstance(item, dict):
-            rows.extend(_flatten(item, name))
-    return rows
 
 
 def _config(record: RunRecord, summary: Summary) -> dict[str, Any]:
@@ -107,9 +97,11 @@ def _tables(wandb: Any, store: Store, run_id: str, summary: Summary, max_samples
     for task, entry in summary.tasks.items():
         for name, value in entry.metrics.items():
             if isinstance(value, dict):
-                rows = _flatten(value)
+                headers, rows = breakdown_table(value)
                 if rows:
-                    logged[f"{task}/{name}"] = wandb.Table(columns=["name", name], data=rows)
+                    if headers == ["name", "value"]:
+                        headers = ["name", name]
+                    logged[f"{task}/{name}"] = wandb.Table(columns=headers, data=rows)
         if max_samples > 0:
             rows = _samples(store, run_id, task, max_samples)
             if rows:

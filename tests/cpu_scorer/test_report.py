@@ -84,3 +84,20 @@ def test_unknown_runs_are_one_clear_error(scored_store: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "no run 'nope'" in done.stderr
+
+
+def test_breakdowns_of_every_shape_become_tables() -> None:
+    from cpu_scorer.report import breakdown_table
+
+    flat = {"STEM": 0.5, "other": 0.25}
+    assert breakdown_table(flat) == (["name", "value"], [["STEM", 0.5], ["other", 0.25]])
+    mmlu = {
+        "anatomy": {"acc": 0.5, "acc_stderr": 0.04, "n": 135},
+        "virology": {"acc": 0.625, "acc_stderr": 0.03, "n": 166},
+    }
+    assert breakdown_table(mmlu) == (
+        ["name", "acc", "acc_stderr", "n"],
+        [["anatomy", 0.5, 0.04, 135], ["virology", 0.625, 0.03, 166]],
+    )
+    deeper = {"a": 1.0, "b": {"c": {"d": 2.0}}, "e": "text"}
+    assert breakdown_table(deeper) == (["name", "value"], [["a", 1.0], ["b / c / d", 2.0]])

@@ -24,7 +24,14 @@ pytest.importorskip("websocket", reason="websocket-client is not installed (the 
 
 # The sweep's curve, written by hand into its summaries: (step, strict acc, stderr).
 CURVE = [(10_000, 0.20, 0.05), (20_000, 0.35, 0.045), (30_000, 0.45, 0.04), (40_000, 0.5, 0.04)]
-SUBJECTS = {"abstract_algebra": 0.25, "anatomy": 0.5, "astronomy": 0.375, "virology": 0.625}
+# MMLU's breakdowns as cpu_scorer.aggregations.mmlu_groups writes them (records per
+# subject), and a plain {name: number} one.
+SUBJECTS = {
+    "abstract_algebra": {"acc": 0.25, "acc_stderr": 0.0435, "n": 100},
+    "anatomy": {"acc": 0.5, "acc_stderr": 0.0432, "n": 135},
+    "astronomy": {"acc": 0.375, "acc_stderr": 0.0394, "n": 152},
+    "virology": {"acc": 0.625, "acc_stderr": 0.0377, "n": 166},
+}
 CATEGORIES = {"STEM": 0.31, "humanities": 0.52, "social sciences": 0.47, "other": 0.58}
 
 
@@ -52,7 +59,7 @@ def viewer_store(scored_store: Path, tmp_path_factory: pytest.TempPathFactory) -
     store.publish_profile(profile_backend(FakeBackend(spec), spec, "run-b", repeats=5))
     path = root / "runs/run-b/summary.json"
     summary = json.loads(path.read_text())
-    summary["tasks"]["tinymmlu"]["metrics"]["acc_by_subject"] = SUBJECTS
+    summary["tasks"]["tinymmlu"]["metrics"]["by_subject"] = SUBJECTS
     summary["tasks"]["tinymmlu"]["metrics"]["acc_by_category"] = CATEGORIES
     path.write_text(json.dumps(summary))
     for run_id, (_, value, stderr) in zip(ids, CURVE, strict=True):
@@ -144,9 +151,12 @@ def test_run_view(browser: Browser, url: str, viewer_store: Path, tmp_path: Path
         ".map(tr => tr.dataset.instruction)"
     )
     assert rates == list(metrics["by_instruction"])
-    for metric, values in (("acc_by_subject", SUBJECTS), ("acc_by_category", CATEGORIES)):
-        shown = _cells(browser, f'table[data-metric="{metric}"]')
-        assert [(r[0], r[1]) for r in shown] == [(k, f"{v:.4f}") for k, v in values.items()]
+    shown = _cells(browser, 'table[data-metric="by_subject"]')
+    assert [r[:4] for r in shown] == [
+        [k, f"{v['acc']:.4f}", f"± {v['acc_stderr']:.4f}", str(v["n"])] for k, v in SUBJECTS.items()
+    ]
+    shown = _cells(browser, 'table[data-metric="acc_by_category"]')
+    assert [(r[0], r[1]) for r in shown] == [(k, f"{v:.4f}") for k, v in CATEGORIES.items()]
     telemetry = {row[0]: row for row in _cells(browser, "#telemetry")}
     assert set(telemetry) == {"ifeval", "tinymmlu"}
     assert telemetry["ifeval"][1] == "40" and telemetry["ifeval"][9].endswith("MiB")

@@ -15,6 +15,19 @@ function flatten(value, prefix) {
   return rows;
 }
 
+// A nested metric whose values are all records of numbers (MMLU's by_subject: {subject:
+// {acc, acc_stderr, n}}): one row per name, the first measure with its stderr and a bar,
+// then the other numbers (n). Null when the shape is anything else.
+function records(value) {
+  const entries = Object.entries(value);
+  if (!entries.length || !entries.every(([, v]) => v && typeof v === "object" && !Array.isArray(v))) return null;
+  const keys = [...new Set(entries.flatMap(([, v]) => Object.keys(v)))];
+  const main = keys.find(k => !k.endsWith("_stderr") && k !== "n" && entries.some(([, v]) => isNum(v[k])));
+  if (!main) return null;
+  const others = keys.filter(k => k !== main && k !== main + "_stderr" && entries.some(([, v]) => isNum(v[k])));
+  return { main, others, rows: entries };
+}
+
 function bar(value, top) {
   const b = el("span", { class: "bar" + (value < 0.5 * top ? " low" : "") });
   b.style.width = Math.round(180 * Math.max(0, value) / (top || 1)) + "px";
@@ -47,26 +60,45 @@ function scoresTable(runId, scores, failed) {
   return table(["task", "metric", "value#", "stderr#", "n#", "samples"], rows, { id: "task-scores" });
 }
 
+function breakdownTable(task, name, value) {
+  const shape = records(value);
+  if (shape) {
+    const { main, others } = shape;
+    const top = Math.max(1, ...shape.rows.map(([, v]) => isNum(v[main]) ? v[main] : 0));
+    const count = v => isNum(v) && Number.isInteger(v) ? String(v) : fmt(v);
+    return table(["name", main + "#", "stderr#", ...others.map(k => k + "#"), ""], shape.rows.map(([k, v]) => ({
+      attrs: { data: { breakdown: k } },
+      cells: [k, fmt(v[main]), isNum(v[main + "_stderr"]) ? "± " + fmt(v[main + "_stderr"]) : "",
+        ...others.map(o => count(v[o])), isNum(v[main]) ? bar(v[main], top) : ""],
+    })), { class: "breakdown", data: { task, metric: name } });
+  }
+  const rows = flatten(value, "");
+  if (!rows.length) return null;
+  const top = Math.max(1, ...rows.map(([, v]) => v));
+  return table(["name", "value#", ""], rows.map(([k, v]) => ({ attrs: { data: { breakdown: k } }, cells: [k, fmt(v), bar(v, top)] })),
+    { class: "breakdown", data: { task, metric: name } });
+}
+
+// Every nested metric of every task as a table; IFEval's per-instruction pass rates link
+// to the samples that failed each instruction.
 function breakdowns(runId, scores) {
   const parts = [];
   for (const [task, entry] of Object.entries(scores.tasks)) {
     for (const [name, value] of Object.entries(entry.metrics || {})) {
       if (!value || typeof value !== "object" || Array.isArray(value)) continue;
-      const rows = flatten(value, "");
-      if (!rows.length) continue;
-      const top = Math.max(1, ...rows.map(([, v]) => v));
       if (name === "by_instruction") {
+        const rows = flatten(value, "");
+        const top = Math.max(1, ...rows.map(([, v]) => v));
         parts.push(el("h2", null, "IFEval pass rate by instruction type"),
           table(["instruction", "strict pass rate#", "", ""], rows.map(([id, v]) => ({
             attrs: { data: { instruction: id } },
             cells: [id, fmt(v), bar(v, top),
               link(route(["samples", runId, task], { instruction: id, failed: "true" }), "failing samples")],
           })), { id: "instruction-rates" }));
-      } else {
-        parts.push(el("h2", null, task + " · " + name),
-          table(["name", "value#", ""], rows.map(([k, v]) => ({ attrs: { data: { breakdown: k } }, cells: [k, fmt(v), bar(v, top)] })),
-            { class: "breakdown", data: { task, metric: name } }));
+        continue;
       }
+      const shown = breakdownTable(task, name, value);
+      if (shown) parts.push(el("h2", null, task + " · " + name), shown);
     }
   }
   if (!parts.some(p => p.id === "instruction-rates")) {
