@@ -8,6 +8,8 @@ baseline from the same run so the numbers compare across machines and loads:
 * **compare** of two runs with many shards per task (``--wide`` shards) against two runs
   of ``--narrow`` shards with the same samples: "the same time class" means a ratio near
   1 (before stamp-keyed indexes, runs over 128 shards re-read every shard on every call);
+* **filtered pages** (the viewer's instruction and text filters) and **one sample** in
+  full: the first request (reads the filter's columns of every shard) and later pages;
 * **throughput** with ``--clients`` concurrent clients over a mix of run listings,
   samples pages and compares: requests/s and p50/p99 latency.
 
@@ -137,7 +139,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from bench._stores import write_ifeval_run
+    from bench._stores import TYPES, WORDS, write_ifeval_run
 
     with tempfile.TemporaryDirectory(prefix="tandem-api-bench-") as tmp:
         store = Path(tmp) / "store"
@@ -155,6 +157,25 @@ def main() -> int:
                 warm = statistics.median(
                     _timed(client, "/runs/big/samples", {**page, "offset": o})
                     for o in (0, 2500, 5000, 7500, 9950) * 3
+                )
+                filtered = {}
+                for name, extra in (
+                    ("instruction", {"instruction": TYPES[0], "failed": "true"}),
+                    ("text", {"q": WORDS[0]}),
+                ):
+                    params = {"task": "ifeval", "limit": 50, **extra}
+                    first = _timed(client, "/runs/big/samples", params)
+                    later = statistics.median(
+                        _timed(client, "/runs/big/samples", {**params, "offset": o})
+                        for o in (50, 100, 150) * 3
+                    )
+                    filtered[name] = {
+                        "first_ms": round(first * 1000, 1),
+                        "later_ms": round(later * 1000, 2),
+                    }
+                one = statistics.median(
+                    _timed(client, "/runs/big/sample", {"task": "ifeval", "id": str(i)})
+                    for i in (0, 4999, 9999) * 3
                 )
                 compares = {}
                 for pair in ("narrow", "wide"):
@@ -176,6 +197,8 @@ def main() -> int:
             "raw_score_shard_read_ms": round(raw * 1000, 2),
             "warm_vs_raw_read": round(warm / raw, 2),
         },
+        "filtered_pages": filtered,
+        "one_sample_ms": round(one * 1000, 2),
         "compare": {
             **compares,
             "shards": {"narrow": args.narrow, "wide": args.wide},

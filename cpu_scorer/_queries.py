@@ -63,6 +63,7 @@ EXPORT_SCHEMA = pa.schema(
         pa.field("finish_reason", pa.string()),
         pa.field("prediction", pa.int32()),
         pa.field("gold", pa.int32()),
+        pa.field("details", pa.string()),
         pa.field("metrics", pa.map_(pa.string(), pa.float64())),
         pa.field("instruction_id_list", pa.list_(pa.string())),
         pa.field("inst_level_strict", pa.list_(pa.bool_())),
@@ -245,6 +246,8 @@ class SampleCache:
         self._shards = _LRU(shard_capacity)
         # A few small columns of a shard are cheap to keep: many more of them.
         self._columns = _LRU(shard_capacity * 32)
+        # Filtered views of an index (cpu_scorer._samples), keyed by the index's key.
+        self._views = _LRU(capacity * 8)
 
     def state(self, store: Store, run_id: str, task: str) -> TaskState:
         state = store.task_state(run_id, task)
@@ -252,16 +255,27 @@ class SampleCache:
             raise RunNotFound(f"run {run_id!r} has no generations for task {task!r}")
         return state
 
-    def index(self, store: Store, run_id: str, task: str) -> tuple[TaskState, TaskIndex]:
-        state = self.state(store, run_id, task)
-        key = (
+    @staticmethod
+    def index_key(store: Store, state: TaskState) -> tuple:
+        """What an index of ``state`` was built from: the names and stamps of its files."""
+        return (
             store.uri,
-            run_id,
-            task,
+            state.run_id,
+            state.task,
             tuple((ref.name, *_stamps(state, ref)) for ref in state.live),
         )
+
+    def index(self, store: Store, run_id: str, task: str) -> tuple[TaskState, TaskIndex]:
+        state = self.state(store, run_id, task)
+        key = self.index_key(store, state)
         index = self._indexes.get(key) or self._indexes.put(key, _build_index(store, state))
         return state, index
+
+    def view(self, key: tuple, compute: Any) -> Any:
+        """A derived view (e.g. filtered positions) cached under ``key``, which must
+        include the index key it was derived from."""
+        value = self._views.get(key)
+        return value if value is not None else self._views.put(key, compute())
 
     def shard(self, store: Store, state: TaskState, ref: ShardRef, scored: bool) -> pa.Table:
         key = (store.uri, ref, scored, *_stamps(state, ref))
@@ -329,9 +343,10 @@ class SampleCache:
 
 def row_json(row: dict[str, Any]) -> dict[str, Any]:
     """A sample row for JSON: metrics as a dict, IFEval verdicts per instruction."""
-    doc = _doc(row.pop("doc", None))
+    doc = parse_doc(row.pop("doc", None))
     row.pop("gen_error", None)
     row["metrics"] = dict(row["metrics"]) if row.get("metrics") is not None else None
+    row["details"] = parse_details(row.get("details"))
     ids = row.pop("instruction_id_list")
     strict = row.pop("inst_level_strict")
     loose = row.pop("inst_level_loose")
@@ -351,7 +366,18 @@ def row_json(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _doc(text: str | None) -> dict[str, Any]:
+def parse_details(text: str | None) -> Any:
+    """A score row's ``details`` JSON (whatever its task's scorer put there), or the
+    text itself when it is not JSON; None when absent."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_doc(text: str | None) -> dict[str, Any]:
     try:
         doc = json.loads(text or "{}")
     except json.JSONDecodeError:

@@ -7,8 +7,9 @@ SCORER_VERSION: its provenance (created_at included) is copied from the generati
 shard, so two scorers racing on one shard write byte-identical files.
 
 Also computed once per shard, here, and carried in the score shard's metadata: the
-shard's telemetry (samples, model seconds, tokens), so a summary never re-reads a
-generation shard.
+shard's telemetry (samples, model seconds, tokens, and under ``worker`` what the worker
+measured: prefill/decode seconds, batch sizes, peak memory), so a summary never re-reads
+a generation shard.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cpu_scorer._rows import (
     score_row_base,
 )
 from shared.errors import TandemError
+from shared.records import WorkerTelemetry
 from shared.schema import extras_of, make_table, provenance_of, upgrade
 from shared.tasks import TaskDef
 
@@ -214,7 +216,9 @@ def score_rows(
 
 
 def shard_telemetry(table: pa.Table) -> dict[str, Any]:
-    """Model time and token counts of one generation shard, summed once at scoring.
+    """Model time and token counts of one generation shard, summed once at scoring,
+    and the worker's own measurements of it (``worker``, from its metadata) when it has
+    them.
 
     Each row carries its batch's wall time and the requests the batch held; a row is
     one request, or one per choice, and its share is time x its requests / size.
@@ -239,4 +243,10 @@ def shard_telemetry(table: pa.Table) -> dict[str, Any]:
     for column in ("generated_tokens", "prompt_tokens"):
         if column in names:
             telemetry[column] = sum(v or 0 for v in table.column(column).to_pylist())
+    measured = extras_of(table).get("worker_telemetry")
+    if measured:
+        try:
+            telemetry["worker"] = WorkerTelemetry.model_validate_json(measured).model_dump()
+        except ValueError:
+            pass  # unreadable measurements lose the telemetry, never the shard's scores
     return telemetry

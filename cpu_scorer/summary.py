@@ -210,7 +210,44 @@ def _telemetry(parts: list[dict[str, Any]]) -> dict[str, Any]:
         telemetry["tokens_per_second"] = round(tokens / seconds, 2) if seconds else None
     if samples and seconds:
         telemetry["samples_per_second"] = round(samples / seconds, 3)
+    telemetry.update(_worker_telemetry([p["worker"] for p in parts if p.get("worker")]))
     return telemetry
+
+
+def _worker_telemetry(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' own measurements over a task's shards: seconds summed, the decode
+    rate over the shards that split prefill from decode, peaks as maxima."""
+    if not shards:
+        return {}
+
+    def total(key: str) -> float | None:
+        values = [float(s[key]) for s in shards if s.get(key) is not None]
+        return round(sum(values), 3) if values else None
+
+    def peak(key: str) -> int | None:
+        values = [int(s[key]) for s in shards if s.get(key) is not None]
+        return max(values) if values else None
+
+    decode = total("decode_seconds")
+    decoded = sum(int(s.get("generated_tokens") or 0) for s in shards if s.get("decode_seconds"))
+    batches = sum(int(s.get("batches") or 0) for s in shards)
+    weighted = sum(
+        float(s["batch_size_mean"]) * int(s.get("batches") or 0)
+        for s in shards
+        if s.get("batch_size_mean") is not None
+    )
+    return {
+        "worker_shards": len(shards),
+        "worker_seconds": total("seconds"),
+        "prefill_seconds": total("prefill_seconds"),
+        "decode_seconds": decode,
+        "decode_tokens_per_second": round(decoded / decode, 2) if decoded and decode else None,
+        "batches": batches,
+        "batch_size_mean": round(weighted / batches, 2) if batches else None,
+        "batch_size_max": peak("batch_size_max"),
+        "peak_rss_bytes": peak("peak_rss_bytes"),
+        "cuda_max_allocated_bytes": peak("cuda_max_allocated_bytes"),
+    }
 
 
 def compute_summary(store: Store, run_id: str, options: AggregateOptions | None = None) -> Summary:

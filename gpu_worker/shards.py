@@ -16,6 +16,7 @@ from gpu_worker.backends.base import (
     LoglikelihoodRequest,
     RollingRequest,
 )
+from gpu_worker.telemetry import ShardMeter
 from shared.errors import TandemError
 from shared.records import WorkerInfo
 from shared.schema import doc_json, make_table
@@ -35,7 +36,8 @@ def build_shard(
     worker: WorkerInfo | None = None,
 ) -> pa.Table:
     """One shard's table. Its metadata records its own range (so a copy stored under
-    another name is caught) and the worker that wrote it."""
+    another name is caught), the worker that wrote it and what it measured meanwhile."""
+    meter = ShardMeter(backend)
     if task.kind == "generate":
         rows = _generate_rows(backend, spec, task, ref, samples, chat)
     elif task.kind == "multiple_choice":
@@ -49,7 +51,7 @@ def build_shard(
             f"shard {ref.task}/{ref.name}: backend returned {len(got)} rows for "
             f"{len(want)} samples; refusing to publish an incomplete shard"
         )
-    extra = {"shard": ref.name}
+    extra = {"shard": ref.name, "worker_telemetry": meter.finish(rows).model_dump_json()}
     if worker is not None:
         extra["worker"] = worker.model_dump_json()
     return make_table(task.schema, rows, provenance, extra)

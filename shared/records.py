@@ -13,6 +13,8 @@ Versions:
   what each generation worker resolved and ran on (precision, dtype, device, engine,
   host), read from the worker after its backend loaded. v1 files read with ``workers``
   empty. Records written by hand (no ``schema`` key) read as v1.
+* ``tandem.profile`` v1 (``profile.json``, written by ``tandem profile``): latency at
+  batch 1 per prompt length, throughput at the backend's batch size, peak memory.
 * ``tandem.summary`` v1: metrics, counts and telemetry per task; ``precision`` was the
   spec's. v2: ``precision`` is what the workers resolved (the spec's ``"auto"`` never
   appears once a shard exists), ``requested_precision`` the spec's, ``workers`` the
@@ -31,6 +33,7 @@ from shared.errors import TandemError
 
 RUN_SCHEMA, RUN_VERSION = "tandem.run", 2
 SUMMARY_SCHEMA, SUMMARY_VERSION = "tandem.summary", 2
+PROFILE_SCHEMA, PROFILE_VERSION = "tandem.profile", 1
 
 
 class _Record(BaseModel):
@@ -67,6 +70,32 @@ class WorkerInfo(_Record):
             self.host,
             self.batch_size,
         )
+
+
+class WorkerTelemetry(_Record):
+    """What a worker measured while generating one shard, carried in the shard's Parquet
+    metadata (``tandem.worker_telemetry``), copied by the scorer into the score shard's
+    telemetry, summed per task in summary.json. A measure the backend cannot split is
+    None (the fake and vLLM backends have no prefill/decode split; log-likelihood work
+    is all prefill)."""
+
+    seconds: float = Field(0.0, description="wall time of the shard's model calls")
+    prefill_seconds: float | None = Field(None, description="forward passes over prompts")
+    decode_seconds: float | None = Field(None, description="token-by-token generation")
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    tokens_per_second: float | None = Field(
+        None, description="generated tokens per decode second (per wall second without a split)"
+    )
+    batches: int = Field(0, description="model batches the shard took")
+    batch_size_max: int = 0
+    batch_size_mean: float | None = None
+    peak_rss_bytes: int | None = Field(
+        None, description="the worker process's peak resident memory so far"
+    )
+    cuda_max_allocated_bytes: int | None = Field(
+        None, description="torch.cuda.max_memory_allocated during the shard (GPU workers)"
+    )
 
 
 class ModelInfo(_Record):
@@ -176,6 +205,52 @@ class Summary(_Record):
         return self.model_dump(mode="json", by_alias=True)
 
 
+class Latency(_Record):
+    """Seconds per request at batch 1 for one prompt length, over ``repeats`` requests
+    after the warm-up ones."""
+
+    prompt_tokens: int = Field(description="the length asked for")
+    measured_prompt_tokens: int = Field(description="the length the model saw")
+    new_tokens: int
+    repeats: int
+    mean_seconds: float
+    p50_seconds: float
+    p95_seconds: float
+
+
+class Throughput(_Record):
+    """Many requests at once, batched as the backend chooses."""
+
+    requests: int
+    batch_size: int = Field(description="the largest batch the backend formed")
+    prompt_tokens: int
+    new_tokens: int
+    generated_tokens: int
+    seconds: float
+    tokens_per_second: float | None = None
+    requests_per_second: float | None = None
+
+
+class ProfileRecord(_Record):
+    """``profile.json``: how fast a run's model runs where it ran (``tandem profile``).
+    Rewritten by each profile of the run."""
+
+    schema_name: Literal["tandem.profile"] = Field("tandem.profile", alias="schema")
+    schema_version: int = PROFILE_VERSION
+    run_id: str
+    created_at: str = ""
+    spec_hash: str = ""
+    worker: WorkerInfo = Field(default_factory=WorkerInfo)
+    warmup: int = 0
+    latency: list[Latency] = Field(default_factory=list)
+    throughput: Throughput | None = None
+    peak_rss_bytes: int | None = None
+    cuda_max_allocated_bytes: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
 class SweepCheckpoint(_Record):
     """One checkpoint of a sweep: its run, and whether it kept to the budget."""
 
@@ -275,6 +350,13 @@ def read_run_record(data: bytes | str | Any, source: str = "run.json") -> RunRec
         data["workers"] = []
     data["schema"], data["schema_version"] = RUN_SCHEMA, RUN_VERSION
     return _validate(RunRecord, data, source)
+
+
+def read_profile(data: bytes | str | Any, source: str = "profile.json") -> ProfileRecord:
+    """A profile.json of any known version."""
+    data = dict(_load(data, source))
+    _check_version(data, source, PROFILE_SCHEMA, PROFILE_VERSION)
+    return _validate(ProfileRecord, data, source)
 
 
 def read_sweep(data: bytes | str | Any, source: str = "sweep.json") -> SweepRecord:

@@ -126,8 +126,12 @@ PROVENANCE_KEYS = ("config_hash", "git_sha", "backend", "model_id", "model_revis
 # Keys some files carry beside them, each a JSON (or plain) string, absent in older files:
 # ``shard``: a generation shard's own range name, so a copy under another name is caught;
 # ``worker``: what the worker that wrote it resolved (shared.records.WorkerInfo);
-# ``telemetry``: a score shard's summed model time and token counts (cpu_scorer.scorers).
-EXTRA_KEYS = ("shard", "worker", "telemetry")
+# ``telemetry``: a score shard's summed model time and token counts (cpu_scorer.scorers);
+# ``worker_telemetry``: what the worker measured while generating a shard: prefill and
+# decode seconds, tokens/s, batch sizes, peak memory (shared.records.WorkerTelemetry).
+# Metadata, not columns: they describe the shard, not a row, and adding a key changes no
+# schema version.
+EXTRA_KEYS = ("shard", "worker", "telemetry", "worker_telemetry")
 
 
 def make_table(

@@ -78,6 +78,45 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from gpu_worker.profile import run_profile
+    from shared.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.run_id:
+        spec = spec.model_copy(update={"run_id": args.run_id})
+    record = run_profile(
+        spec,
+        args.store,
+        new_tokens=args.new_tokens,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        requests=args.requests,
+    )
+    worker = record.worker
+    print(
+        f"run {record.run_id}: {worker.backend} {worker.precision} on {worker.device} "
+        f"({worker.device_name or 'unknown device'})"
+    )
+    for row in record.latency:
+        print(
+            f"  latency, batch 1, {row.measured_prompt_tokens} prompt + {row.new_tokens} new "
+            f"tokens: mean {row.mean_seconds:.4f} s, p50 {row.p50_seconds:.4f} s, "
+            f"p95 {row.p95_seconds:.4f} s ({row.repeats} repeats)"
+        )
+    if record.throughput is not None:
+        t = record.throughput
+        rate = f"{t.tokens_per_second:.1f} tokens/s" if t.tokens_per_second else "-"
+        print(f"  throughput, {t.requests} requests at batch {t.batch_size}: {rate}")
+    if record.peak_rss_bytes:
+        print(f"  peak RSS {record.peak_rss_bytes / 2**30:.2f} GiB", end="")
+        if record.cuda_max_allocated_bytes:
+            print(f", peak CUDA {record.cuda_max_allocated_bytes / 2**30:.2f} GiB", end="")
+        print()
+    print(f"stored as runs/{record.run_id}/profile.json")
+    return 0
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from cpu_scorer.aggregations import AggregateOptions
     from cpu_scorer.report import print_summary
@@ -195,6 +234,31 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return main(args.store, args.a, args.b, args.task, as_json=args.json)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cpu_scorer.report import main
+
+    return main(args.store, args.runs, fmt=args.format)
+
+
+def _cmd_export_wandb(args: argparse.Namespace) -> int:
+    from cpu_scorer.wandb_export import export_wandb
+    from shared.store import Store
+
+    store = Store(args.store)
+    store.check(writable=False)
+    done = export_wandb(
+        store,
+        args.runs,
+        project=args.project,
+        entity=args.entity,
+        step_from=args.step_from,
+        max_samples=args.max_samples,
+    )
+    for run in done:
+        print(f"W&B run {run['name']}: {', '.join(run['runs'])} ({run['dir']})")
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import logging
     import signal
@@ -230,7 +294,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if any(s.status == "failed" for s in record.steps) else 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def _cmd_export_checkpoint(args: argparse.Namespace) -> int:
     from gpu_worker.export import export_checkpoint
 
     target = export_checkpoint(args.state_dict, args.config, args.tokenizer, args.out)
@@ -331,6 +395,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--run-id", help="override the spec's run_id")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    profile = command(
+        "profile",
+        _cmd_profile,
+        "Measure the spec's model here: latency at batch 1 (128 and 512 prompt tokens), "
+        "throughput at its batch size, peak memory; stored as the run's profile.json.",
+    )
+    profile.add_argument("spec", help="run spec (TOML or YAML)")
+    store_arg(profile)
+    profile.add_argument("--run-id", help="override the spec's run_id")
+    profile.add_argument(
+        "--new-tokens", type=_positive, default=32, help="tokens generated per request"
+    )
+    profile.add_argument("--warmup", type=_positive, default=2, help="requests not counted")
+    profile.add_argument("--repeats", type=_positive, default=10, help="requests measured")
+    profile.add_argument(
+        "--requests",
+        type=_positive,
+        help="requests in the throughput test (default: the spec's batch size, or 64)",
+    )
+
     score = command(
         "score",
         _cmd_score,
@@ -374,13 +458,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token (required when binding to a non-loopback address)",
     )
 
-    compare = command("compare", _cmd_compare, "Show which prompts flipped between two runs.")
+    compare = command(
+        "compare",
+        _cmd_compare,
+        "Which prompts flipped between two runs, and paired tests (bootstrap interval, "
+        "McNemar) per task.",
+    )
     compare.add_argument("a")
     compare.add_argument("b")
     store_arg(compare)
-    compare.add_argument("--task", default="ifeval")
+    compare.add_argument(
+        "--task",
+        help="the task whose flips to list (default: ifeval if both runs have it, else the "
+        "first task they share); the paired tests cover every shared task",
+    )
     compare.add_argument("--json", action="store_true")
 
+    report = command(
+        "report",
+        _cmd_report,
+        "A run's summary (config, scores with stderr, telemetry, profile, reproducibility); "
+        "for several runs a side-by-side table with paired tests against the first.",
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN")
+    store_arg(report)
+    report.add_argument("--format", choices=("md", "json"), default="md")
+
+    # ``tandem export wandb RUN...`` and ``tandem export checkpoint STATE_DICT ...``; the
+    # older ``tandem export STATE_DICT ...`` still means the latter (see main()).
+    export = command("export", _cmd_export_checkpoint, "Export runs to W&B, or a checkpoint.")
+    targets = export.add_subparsers(dest="target", required=True, metavar="TARGET")
+    checkpoint = targets.add_parser(
+        "checkpoint",
+        help="a raw state_dict + config as a Hugging Face Llama folder (strict key check)",
+        description="Turn a raw state_dict + config into a Hugging Face Llama folder "
+        "(strict key check).",
+    )
+    checkpoint.set_defaults(handler=_cmd_export_checkpoint)
+    checkpoint.add_argument("state_dict", help="the weights (.safetensors, .pt, .pth, .bin)")
+    checkpoint.add_argument("--config", required=True, help="checkpoint config (TOML or JSON)")
+    checkpoint.add_argument("--tokenizer", required=True, help="the training tokenizer's folder")
+    checkpoint.add_argument("--out", required=True, help="the folder to write")
+    wandb = targets.add_parser(
+        "wandb",
+        help="Weights & Biases (needs the wandb extra; WANDB_MODE=offline works offline)",
+        description="Metrics, per-instruction and breakdown tables and a samples table per "
+        "task to Weights & Biases, one W&B run per tandem run (or per sweep).",
+    )
+    wandb.set_defaults(handler=_cmd_export_wandb)
+    wandb.add_argument("runs", nargs="+", metavar="RUN")
+    store_arg(wandb)
+    wandb.add_argument("--project", default="tandem", help="W&B project (default: tandem)")
+    wandb.add_argument("--entity", help="W&B entity (default: yours)")
+    wandb.add_argument(
+        "--step-from",
+        choices=("sweep",),
+        help="one W&B run per sweep, each tandem run logged at its spec's step",
+    )
+    wandb.add_argument(
+        "--max-samples",
+        type=_positive,
+        default=1000,
+        help="rows per task in the samples table (default 1000)",
+    )
     sweep = command(
         "sweep",
         _cmd_sweep,
@@ -406,16 +546,6 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--poll", type=_seconds, default=30.0, help="--watch: look this often (s)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    export = command(
-        "export",
-        _cmd_export,
-        "Turn a raw state_dict + config into a Hugging Face Llama folder (strict key check).",
-    )
-    export.add_argument("state_dict", help="the weights (.safetensors, .pt, .pth, .bin)")
-    export.add_argument("--config", required=True, help="checkpoint config (TOML or JSON)")
-    export.add_argument("--tokenizer", required=True, help="the training tokenizer's folder")
-    export.add_argument("--out", required=True, help="the folder to write")
-
     demo = command(
         "demo", _cmd_demo, "End-to-end demo on the embedded model through a local Ray head."
     )
@@ -427,8 +557,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_EXPORT_TARGETS = ("wandb", "checkpoint", "-h", "--help")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "export" and argv[1] not in _EXPORT_TARGETS:
+        argv.insert(1, "checkpoint")  # ``tandem export model.pt ...`` as before
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)

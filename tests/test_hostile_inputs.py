@@ -64,6 +64,8 @@ COMMANDS = {
     "runs": ["runs"],
     "serve": ["serve", "--port", "9"],
     "compare": ["compare", "a", "b"],
+    "report": ["report", "a"],
+    "export": ["export", "wandb", "a"],
 }
 
 

@@ -1,11 +1,14 @@
 """The results endpoint: ``tandem serve --store URI`` (FastAPI), read-only over a store.
 
 Routes (``_routes``): ``/runs`` (paginated, filter by model and task), ``/runs/{id}``
-(spec, environment, what the workers resolved, telemetry), ``/runs/{id}/scores``,
-``/runs/{id}/samples``, ``/runs/{id}/export``, ``/compare``, ``/metrics``
-(Prometheus); ``/healthz`` and an HTML page at ``/``. The app never writes to the store.
+(spec, environment, what the workers resolved, telemetry, profile),
+``/runs/{id}/scores``, ``/runs/{id}/samples`` (filtered and paged on the server),
+``/runs/{id}/sample``, ``/runs/{id}/export``, ``/compare`` and ``/compare/tests``
+(flips, paired tests), ``/sweeps``, ``/metrics`` (Prometheus); ``/healthz`` and the
+viewer at ``/`` (``static/``). The app never writes to the store.
 
-Errors: a missing run or task answers 404, a malformed request 400 or 422, and a store
+Errors: a missing run or task answers 404, a malformed request 400 or 422, a compare of
+runs that do not cover the same samples 409, and a store
 that cannot be read -- unreachable, or a damaged record or shard -- 503 with a message;
 never 500, and no message carries the store's location on the server.
 
@@ -19,14 +22,15 @@ refuses to bind to a non-loopback address without one.
 from __future__ import annotations
 
 import ipaddress
+import re
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from cpu_scorer import _queries
-from cpu_scorer._page import PAGE
 from cpu_scorer.api._deps import (
     Records,
     Settings,
@@ -36,6 +40,7 @@ from cpu_scorer.api._deps import (
     get_settings,
 )
 from cpu_scorer.api._routes import router
+from cpu_scorer.compare import NotPaired
 from shared.errors import TandemError
 from shared.store import Store
 
@@ -48,11 +53,25 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such run, or no such task in the run"},
     503: {"description": "The store, or a file of the run, cannot be read"},
 }
+# The viewer is static files (static/: index.html, one ES module per view, one
+# stylesheet) read once per app and served as they are: no build step, no CDN, and no
+# inline script, so the policy allows scripts and styles from this origin only.
+_STATIC = Path(__file__).parent / "static"
+_STATIC_NAME = re.compile(r"^[a-z]+\.(js|css)$")
+_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 _PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-    "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'",
     "X-Content-Type-Options": "nosniff",
 }
+
+
+def _static_files() -> dict[str, bytes]:
+    return {
+        path.name: path.read_bytes()
+        for path in sorted(_STATIC.iterdir())
+        if path.name == "index.html" or _STATIC_NAME.match(path.name)
+    }
 
 
 def _redacted(request: Request, text: str) -> str:
@@ -84,6 +103,10 @@ def create_app(store_uri: str, token: str | None = None) -> FastAPI:
     def _not_found(request: Request, error: _queries.RunNotFound) -> JSONResponse:
         return _error(request, 404, str(error))
 
+    @app.exception_handler(NotPaired)
+    def _not_paired(request: Request, error: NotPaired) -> JSONResponse:
+        return _error(request, 409, str(error))
+
     @app.exception_handler(_queries.Damaged)
     def _damaged(request: Request, error: _queries.Damaged) -> JSONResponse:
         return _error(request, 503, str(error))
@@ -100,9 +123,19 @@ def create_app(store_uri: str, token: str | None = None) -> FastAPI:
     def _unreadable(request: Request, error: Exception) -> JSONResponse:
         return _error(request, 503, f"a file in the store cannot be read: {error}")
 
+    files = _static_files()
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse(PAGE, headers=_PAGE_HEADERS)
+        return HTMLResponse(files["index.html"], headers=_PAGE_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        """The viewer's scripts and stylesheet (data-free, so no token needed)."""
+        if not _STATIC_NAME.match(name) or name not in files:
+            return JSONResponse({"detail": "no such file"}, status_code=404)
+        media = _TYPES[name[name.rindex(".") :]]
+        return Response(files[name], media_type=media, headers=_PAGE_HEADERS)
 
     @app.get("/healthz", responses={503: _ERRORS[503]})
     def healthz(store: StoreDep, request: Request) -> Any:

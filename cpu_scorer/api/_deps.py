@@ -17,8 +17,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
 from cpu_scorer import _queries
-from shared.records import RunRecord, Summary
-from shared.store import RUN_RECORD, SUMMARY, FileStamp, Store, check_run_id
+from shared.records import ProfileRecord, RunRecord, Summary
+from shared.store import PROFILE, RUN_RECORD, SUMMARY, FileStamp, Store, check_run_id
 
 MAX_PAGE = 500  # rows or runs per page
 # RUN_ID_PATTERN and TASK_PATTERN without "..", written without look-ahead (pydantic's
@@ -38,7 +38,7 @@ class Settings(BaseModel):
 
 
 class Records:
-    """run.json and summary.json per run, cached under the file's stamp (size, mtime):
+    """run.json, summary.json and profile.json per run, cached under the file's stamp (size, mtime):
     a run deleted while served is gone at the next request, a re-created one shows its
     new record, and an unchanged file is read once."""
 
@@ -86,6 +86,18 @@ class Records:
                 return None
 
         return self._cached(store, run_id, SUMMARY, read)
+
+    def profile(self, store: Store, run_id: str) -> ProfileRecord | None:
+        """The run's profile.json (``tandem profile``); None when there is none. A
+        damaged one is Damaged (503): unlike the summary, nothing rewrites it."""
+
+        def read() -> ProfileRecord | None:
+            try:
+                return store.profile(run_id)
+            except _queries.TandemError as error:
+                raise _queries.Damaged(f"run {run_id!r}: {error}") from error
+
+        return self._cached(store, run_id, PROFILE, read)
 
 
 def get_settings(request: Request) -> Settings:

@@ -6,10 +6,12 @@ import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from cpu_scorer import _queries
+from cpu_scorer import _queries, _samples, _sweeps
 from cpu_scorer.api._deps import (
+    RUN_ID_REGEX,
     TASK_REGEX,
     Limit,
     Offset,
@@ -21,7 +23,7 @@ from cpu_scorer.api._deps import (
     TaskName,
 )
 from cpu_scorer.api._stream import stream_jsonl, stream_parquet
-from cpu_scorer.compare import compare_runs
+from cpu_scorer.compare import compare_runs, paired_tests
 from cpu_scorer.summary import compute_summary
 from shared.errors import TandemError
 from shared.records import RunRecord, Summary
@@ -54,6 +56,8 @@ def _run_entry(run_id: str, record: RunRecord) -> dict[str, Any]:
         "requested_precision": record.requested_precision or None,
         "backend": spec.get("backend"),
         "tasks": list(spec.get("tasks") or record.tasks),
+        "sweep": _sweeps.sweep_of(record)[0],
+        "step": _sweeps.sweep_of(record)[1],
         "scores": {},
         "error": None,
     }
@@ -70,6 +74,8 @@ def _damaged_entry(run_id: str, error: TandemError) -> dict[str, Any]:
         "requested_precision": None,
         "backend": None,
         "tasks": [],
+        "sweep": None,
+        "step": None,
         "scores": {},
         "error": str(error),
     }
@@ -134,7 +140,8 @@ def list_runs(
 @router.get("/runs/{run_id}")
 def get_run(store: StoreDep, records: RecordsDep, run_id: RunId) -> dict[str, Any]:
     """run.json (spec, model, driver environment, workers) plus what the workers
-    resolved, and per-task telemetry and shard counts from the summary."""
+    resolved, per-task telemetry and shard counts from the summary, and the profile
+    (``tandem profile``) or null."""
     record = records.record(store, run_id)
     summary = records.summary(store, run_id)
     body = record.as_json()
@@ -147,6 +154,8 @@ def get_run(store: StoreDep, records: RecordsDep, run_id: RunId) -> dict[str, An
     }
     body["telemetry"] = {t: e.telemetry for t, e in tasks.items()}
     body["shards"] = {t: e.shards.model_dump(mode="json") for t, e in tasks.items()}
+    profile = records.profile(store, run_id)
+    body["profile"] = profile.as_json() if profile is not None else None
     return body
 
 
@@ -181,23 +190,54 @@ def get_samples(
     run_id: RunId,
     task: TaskName = None,
     failed: bool | None = None,
+    instruction: Annotated[str | None, Query(max_length=100)] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
     offset: Offset = 0,
     limit: Limit = 50,
 ) -> dict[str, Any]:
-    """Rows of one task (the first when not given) with per-instruction verdicts.
-    ``failed=true``: failed or errored rows only; ``false``: passed rows only."""
+    """Rows of one task (the first when not given) with per-instruction verdicts, paged
+    on the server. ``failed=true``: failed or errored rows only; ``false``: passed rows
+    only. ``instruction``: IFEval rows with that instruction id (with ``failed``, that
+    instruction failed, or passed). ``q``: a case-insensitive substring of the prompt or
+    response, or a sample id."""
     record = records.record(store, run_id)
     task = _check_task_in(store, run_id, record, task)
-    total, table = samples.page(store, run_id, task, failed, offset, limit)
-    rows = table.to_pylist() if table is not None else []
+    total, rows = _samples.page(
+        samples,
+        store,
+        run_id,
+        task,
+        failed=failed,
+        instruction=instruction or None,
+        text=q or None,
+        offset=offset,
+        limit=limit,
+    )
     return {
         "run_id": run_id,
         "task": task,
         "total": total,
         "offset": offset,
         "limit": limit,
-        "rows": [_queries.row_json(r) for r in rows],
+        "rows": rows,
     }
+
+
+@router.get("/runs/{run_id}/sample")
+def get_sample(
+    store: StoreDep,
+    records: RecordsDep,
+    samples: SamplesDep,
+    run_id: RunId,
+    id: Annotated[str, Query(min_length=1, max_length=200, description="the sample id")],
+    task: TaskName = None,
+) -> dict[str, Any]:
+    """One sample in full: the prompt as given and as rendered, the response, each IFEval
+    instruction's strict and loose verdict, each choice's log-likelihood and which won,
+    and the scorer's details (e.g. the extracted answer and the target)."""
+    record = records.record(store, run_id)
+    task = _check_task_in(store, run_id, record, task)
+    return _samples.sample(samples, store, run_id, task, id)
 
 
 @router.get(
@@ -241,7 +281,12 @@ def export(
     )
 
 
-@router.get("/compare", response_model=dict[str, Any])
+_NOT_PAIRED: dict[int | str, dict[str, Any]] = {
+    409: {"description": "The two runs do not cover the same samples of the task"}
+}
+
+
+@router.get("/compare", response_model=dict[str, Any], responses=_NOT_PAIRED)
 def compare(
     store: StoreDep,
     records: RecordsDep,
@@ -251,12 +296,39 @@ def compare(
     task: Annotated[str, Query(pattern=TASK_REGEX, max_length=64)] = "ifeval",
 ) -> JSONResponse:
     """Per-prompt flips of ``task`` between runs ``a`` and ``b``, with counts each
-    way (the same result as ``tandem compare A B``)."""
+    way and the paired test (bootstrap interval, McNemar): the same result as
+    ``tandem compare A B --json``. 409 when the runs do not cover the same samples."""
     for run_id in (a, b):
         _check_task_in(store, run_id, records.record(store, run_id), task)
     # Plain JSON values: returned as they are, not walked by FastAPI's encoder (which
     # took as long as the compare itself for thousands of flips).
     return JSONResponse(compare_runs(store, a, b, task, cache=samples))
+
+
+@router.get("/compare/tests")
+def compare_tests(
+    store: StoreDep, samples: SamplesDep, a: RunIdQuery, b: RunIdQuery
+) -> dict[str, Any]:
+    """The paired test of every task both runs have (``error`` on a task says why it
+    has none, e.g. the runs do not cover the same samples)."""
+    return paired_tests(store, a, b, cache=samples)
+
+
+@router.get("/sweeps")
+def list_sweeps(store: StoreDep, records: RecordsDep) -> dict[str, Any]:
+    """Sweeps: runs whose specs share a ``sweep`` name, with how many carry a ``step``."""
+    return {"sweeps": _sweeps.list_sweeps(store, records)}
+
+
+@router.get("/sweeps/{sweep}")
+def get_sweep(
+    store: StoreDep,
+    records: RecordsDep,
+    sweep: Annotated[str, PathParam(pattern=RUN_ID_REGEX, max_length=128)],
+) -> dict[str, Any]:
+    """One sweep's runs in step order, each with its numeric metrics and their stderr
+    per task: the points of the curves of metrics against step."""
+    return {"sweep": sweep, "points": _sweeps.sweep_points(store, records, sweep)}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -137,6 +137,26 @@ class GreedyDecoder:
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
         # Auto batch size per 256-token length bucket, found by probing (GPU only).
         self.probed_batch: dict[int, int] = {}
+        # Telemetry counters since the last take_stats(): seconds in prefill and in
+        # decode steps (our loop only; generate's time is not split) and batch sizes.
+        self.prefill_seconds = 0.0
+        self.decode_seconds = 0.0
+        self.batch_sizes: list[int] = []
+
+    def take_stats(self) -> dict[str, Any]:
+        """The telemetry counters since the last call, then reset."""
+        stats = {
+            "prefill_seconds": self.prefill_seconds,
+            "decode_seconds": self.decode_seconds,
+            "batch_sizes": self.batch_sizes,
+        }
+        self.prefill_seconds, self.decode_seconds, self.batch_sizes = 0.0, 0.0, []
+        return stats
+
+    def _synchronize(self) -> None:
+        """Wait for the GPU, so a phase's time is its own (CPU work is synchronous)."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
 
     def generate(
         self, requests: Sequence[GenerationRequest], prompts: Sequence[Prompt]
@@ -244,6 +264,7 @@ class GreedyDecoder:
     def _generate_padded(
         self, items: list[Prompt], max_new: int, stop: tuple[str, ...]
     ) -> list[GenerationResult]:
+        self.batch_sizes.append(len(items))
         if self.loop_supported:
             results = self._decode_greedy(items, max_new, stop)
             if results is not None:
@@ -382,6 +403,9 @@ class GreedyDecoder:
         prefilled = self._prefill(items, shared, min(max_new, CACHE_GROWTH))
         if prefilled is None:
             return None
+        self._synchronize()
+        prefilled_at = time.perf_counter()
+        self.prefill_seconds += prefilled_at - started
         cache, next_tokens = prefilled
         mask = torch.ones((len(items), width + max_new), dtype=torch.long, device=self.device)
         for row, length in enumerate(lengths):
@@ -436,7 +460,9 @@ class GreedyDecoder:
             )
             next_tokens = out.logits[:, -1].argmax(-1)
             positions = positions + 1
+        self._synchronize()
         seconds = time.perf_counter() - started
+        self.decode_seconds += time.perf_counter() - prefilled_at
         return [
             self._result(ids, cut, tokens, reason, stop, seconds, len(items))
             for (ids, cut), tokens, reason in zip(items, generated, finish, strict=True)

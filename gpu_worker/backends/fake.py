@@ -40,6 +40,13 @@ class FakeBackend:
     def __init__(self, spec: RunSpec):
         self.spec = spec
         self.calls: list[tuple[str, int]] = []
+        self._batch_sizes: list[int] = []
+
+    def take_telemetry(self) -> dict[str, Any]:
+        """Batch sizes since the last call; the fake computes nothing, so no phase takes
+        any time (a real backend splits its seconds into prefill and decode)."""
+        sizes, self._batch_sizes = self._batch_sizes, []
+        return {"prefill_seconds": 0.0, "decode_seconds": 0.0, "batch_sizes": sizes}
 
     def has_chat_template(self) -> bool:
         return True
@@ -49,6 +56,7 @@ class FakeBackend:
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         self.calls.append(("generate", len(requests)))
+        self._batch_sizes.append(len(requests))
         results = []
         for request in requests:
             digest = _digest(request.prompt)
@@ -72,6 +80,7 @@ class FakeBackend:
 
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
         self.calls.append(("loglikelihood", len(requests)))
+        self._batch_sizes.append(len(requests))
         results = []
         for request in requests:
             digest = _digest(request.context + "\x00" + request.continuation)
@@ -89,6 +98,7 @@ class FakeBackend:
 
     def loglikelihood_rolling(self, requests: list[RollingRequest]) -> list[RollingResult]:
         self.calls.append(("rolling", len(requests)))
+        self._batch_sizes.append(len(requests))
         return [
             RollingResult(logprob=-2.0 * len(r.text.split()), tokens=max(1, len(r.text.split())))
             for r in requests

@@ -15,6 +15,7 @@ torch and transformers are imported when the backend is built, not with this mod
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,7 @@ class HFBackend:
         from gpu_worker.models import ResolvedModel
 
         self.spec = spec
+        self.loglik_seconds = 0.0  # log-likelihood forward time since take_telemetry()
         if loaded is not None:
             parameter = next(loaded.model.parameters())
             self.device = parameter.device.type
@@ -302,6 +304,20 @@ class HFBackend:
             extra={"torch_threads": torch.get_num_threads(), "max_length": self.max_length},
         ).as_dict()
 
+    def take_telemetry(self) -> dict[str, Any]:
+        """Counters since the last call (see gpu_worker.telemetry): the decoder's prefill
+        and decode seconds and batch sizes, log-likelihood passes as prefill, and the
+        GPU's peak allocation (its peak is reset for the next shard)."""
+        import torch
+
+        stats = self.decoder.take_stats()
+        stats["prefill_seconds"] += self.loglik_seconds
+        self.loglik_seconds = 0.0
+        if self.device == "cuda":
+            stats["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+            torch.cuda.reset_peak_memory_stats()
+        return stats
+
     # ---- the contract ------------------------------------------------------------------
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Greedy completions; over-long prompts are cut from the left (see
@@ -321,14 +337,20 @@ class HFBackend:
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
         """Sum of log-probs of each continuation given its context, and whether every
         continuation token is the greedy one (see LoglikelihoodScorer.loglikelihood)."""
-        return self.scorer.loglikelihood(
+        started = time.perf_counter()
+        results = self.scorer.loglikelihood(
             [self.split_pair(r.context, r.continuation) for r in requests]
         )
+        self.loglik_seconds += time.perf_counter() - started
+        return results
 
     def loglikelihood_rolling(self, requests: list[RollingRequest]) -> list[RollingResult]:
         """Sum of log-probs of every token of each text, in lm-eval's rolling windows
         of ``window`` tokens advancing by ``stride``."""
-        return [self.scorer.rolling(self.encode(r.text), r.window, r.stride) for r in requests]
+        started = time.perf_counter()
+        results = [self.scorer.rolling(self.encode(r.text), r.window, r.stride) for r in requests]
+        self.loglik_seconds += time.perf_counter() - started
+        return results
 
 
 def create(spec: RunSpec) -> HFBackend:

@@ -24,9 +24,11 @@ import pyarrow.parquet as pq
 from shared import atomic
 from shared.errors import TandemError
 from shared.records import (
+    ProfileRecord,
     RunRecord,
     Summary,
     SweepRecord,
+    read_profile,
     read_run_record,
     read_summary,
     read_sweep,
@@ -36,6 +38,7 @@ from shared.store._layout import (
     CLAIMS,
     ERROR_SUFFIX,
     GENERATIONS,
+    PROFILE,
     QUARANTINE,
     RUN_PROBLEMS,
     RUN_RECORD,
@@ -319,6 +322,17 @@ class Store:
 
     def publish_summary(self, summary: Summary) -> None:
         self.publish_json(self.run_path(summary.run_id, SUMMARY), summary.as_json())
+
+    def profile(self, run_id: str) -> ProfileRecord | None:
+        """The run's profile.json (``tandem profile``); None when it was not profiled. A
+        damaged one raises TandemError naming it."""
+        path = self.run_path(run_id, PROFILE)
+        if not self.exists(path):
+            return None
+        return read_profile(self.read_bytes(path), self.relative(path))
+
+    def publish_profile(self, profile: ProfileRecord) -> None:
+        self.publish_json(self.run_path(profile.run_id, PROFILE), profile.as_json())
 
     # ---- sweeps --------------------------------------------------------------------------
     def sweep_path(self, name: str) -> str:

@@ -53,6 +53,30 @@ def generate(
     return run_id
 
 
+def write_sweep(root: Path, sweep: str, steps: list[int | None], limit: int = 8) -> list[str]:
+    """Runs of one sweep, written by hand: fake-backend shards, scored, with ``sweep`` and
+    ``step`` put into their run.json's spec (as the training-loop integration will)."""
+    import json
+
+    from cpu_scorer.scoring import score_store
+    from shared.store import Store
+
+    ids = []
+    for k, step in enumerate(steps):
+        run_id = f"{sweep}-{k}"
+        chat = "off" if k % 2 else "on"
+        generate(str(root), run_id, tasks=("ifeval",), limit={"ifeval": limit}, chat_template=chat)
+        path = root / "runs" / run_id / "run.json"
+        record = json.loads(path.read_text())
+        record["spec"]["sweep"] = sweep
+        if step is not None:
+            record["spec"]["step"] = step
+        path.write_text(json.dumps(record))
+        ids.append(run_id)
+    score_store(Store(str(root)), progress=False)
+    return ids
+
+
 def _parquet_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)

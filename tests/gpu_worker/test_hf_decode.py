@@ -121,3 +121,18 @@ def test_growing_layer_matches_concatenation():
     assert torch.equal(layer.keys, kept) and layer.get_seq_length() == 5
     k = torch.randn(2, 2, 1, 4)
     assert torch.equal(layer.update(k, k)[0], torch.cat([kept, k], 2))
+
+
+def test_telemetry_splits_prefill_from_decode(embedded_backend):
+    from gpu_worker.backends.base import GenerationRequest, LoglikelihoodRequest
+
+    backend = embedded_backend
+    backend.take_telemetry()  # counters of earlier tests
+    backend.generate([GenerationRequest(backend.render(p, True), 8) for p in PROMPTS[:3]])
+    stats = backend.take_telemetry()
+    assert stats["prefill_seconds"] > 0 and stats["decode_seconds"] > 0
+    assert sum(stats["batch_sizes"]) == 3
+    assert backend.take_telemetry()["batch_sizes"] == []  # taking resets
+    backend.loglikelihood([LoglikelihoodRequest("The sky is", " blue")])
+    stats = backend.take_telemetry()
+    assert stats["prefill_seconds"] > 0 and stats["decode_seconds"] == 0
