@@ -179,7 +179,19 @@ def get_scores(store: StoreDep, records: RecordsDep, run_id: RunId) -> dict[str,
         "scorer_version": body["scorer_version"],
         "precision": body["precision"],
         "tasks": body["tasks"],
+        # Per task, its metrics in the order its definition declares them (headline
+        # first): the order a reader expects, where the summary's keys are sorted.
+        "metric_order": {
+            task: _metric_order(task, entry.headline) for task, entry in summary.tasks.items()
+        },
     }
+
+
+def _metric_order(task: str, headline: str | None) -> list[str]:
+    names = [m.name for m in TASKS[task].metrics] if task in TASKS else []
+    if headline in names:
+        names.remove(headline)
+    return ([headline] if headline else []) + names
 
 
 @router.get("/runs/{run_id}/samples")

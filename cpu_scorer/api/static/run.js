@@ -47,7 +47,12 @@ async function failedCounts(runId, tasks) {
 function scoresTable(runId, scores, failed) {
   const rows = [];
   for (const [task, entry] of Object.entries(scores.tasks)) {
-    const metrics = Object.entries(entry.metrics || {}).filter(([k, v]) => isNum(v) && !k.endsWith("_stderr"));
+    // The task's own order (headline first), then anything else it reports.
+    const order = (scores.metric_order || {})[task] || [];
+    const rank = (name) => (order.indexOf(name) < 0 ? order.length : order.indexOf(name));
+    const metrics = Object.entries(entry.metrics || {})
+      .filter(([k, v]) => isNum(v) && !k.endsWith("_stderr"))
+      .sort(([a], [b]) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
     const links = el("span", null,
       link(route(["samples", runId, task]), "samples"),
       failed[task] ? [" · ", link(route(["samples", runId, task], { failed: "true" }), "failed (" + failed[task] + ")", { class: "failed-link", data: { task } })] : null);
