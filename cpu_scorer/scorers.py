@@ -243,6 +243,21 @@ def shard_telemetry(table: pa.Table) -> dict[str, Any]:
     for column in ("generated_tokens", "prompt_tokens"):
         if column in names:
             telemetry[column] = sum(v or 0 for v in table.column(column).to_pylist())
+    if "finish_reason" in names:
+        # generated_tokens counts the EOS a row ended with; text tokens do not (and
+        # lm-eval's outputs, whose tokens/s tandem's is compared with, hold none).
+        telemetry["eos_tokens"] = sum(
+            1 for reason in table.column("finish_reason").to_pylist() if reason == "eos"
+        )
+    if "choices" in names and "continuation_tokens" in names:
+        choices = table.column("choices").to_pylist()
+        contexts = table.column("prompt_tokens").to_pylist()
+        continuations = table.column("continuation_tokens").to_pylist()
+        telemetry["requests"] = sum(len(c or ()) for c in choices)
+        telemetry["scored_tokens"] = sum(
+            (ctx or 0) * len(c or ()) + sum(k or ())
+            for c, ctx, k in zip(choices, contexts, continuations, strict=True)
+        )
     measured = extras_of(table).get("worker_telemetry")
     if measured:
         try:

@@ -199,15 +199,27 @@ def _joined(values: Any) -> str:
 def _telemetry(parts: list[dict[str, Any]]) -> dict[str, Any]:
     samples = sum(int(p.get("samples", 0)) for p in parts)
     seconds = sum(float(p.get("model_seconds", 0.0)) for p in parts)
-    tokens = sum(int(p.get("generated_tokens", 0)) for p in parts)
+    eos = sum(int(p.get("eos_tokens", 0)) for p in parts)
+    # Text tokens: what was generated, the EOS that ended a row not counted.
+    tokens = sum(int(p.get("generated_tokens", 0)) for p in parts) - eos
+    requests = sum(int(p.get("requests", 0)) for p in parts)
+    scored = sum(int(p.get("scored_tokens", 0)) for p in parts)
     telemetry: dict[str, Any] = {
         "samples_generated": samples,
         "model_seconds": round(seconds, 3),
         "prompt_tokens": sum(int(p.get("prompt_tokens", 0)) for p in parts),
     }
-    if tokens:
+    if tokens > 0:
         telemetry["generated_tokens"] = tokens
+        telemetry["eos_tokens"] = eos
         telemetry["tokens_per_second"] = round(tokens / seconds, 2) if seconds else None
+    if requests:
+        # Log-likelihood tasks: requests (one per choice) and the tokens they score.
+        telemetry["requests"] = requests
+        telemetry["scored_tokens"] = scored
+        if seconds:
+            telemetry["requests_per_second"] = round(requests / seconds, 2)
+            telemetry["scored_tokens_per_second"] = round(scored / seconds, 1)
     if samples and seconds:
         telemetry["samples_per_second"] = round(samples / seconds, 3)
     telemetry.update(_worker_telemetry([p["worker"] for p in parts if p.get("worker")]))

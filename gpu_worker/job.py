@@ -55,7 +55,10 @@ class JobResult:
     shards_done: int = 0
     shards_skipped: int = 0
     samples: int = 0
-    generated_tokens: int = 0
+    generated_tokens: int = 0  # text tokens (an ending EOS is counted apart)
+    eos_tokens: int = 0
+    requests: int = 0  # log-likelihood requests (one per choice)
+    scored_tokens: int = 0
     seconds: float = 0.0
     stats: list[dict[str, Any]] = field(default_factory=list)
 
@@ -204,6 +207,9 @@ def run_generation(
         result.shards_done += 1
         result.samples += stats["samples"]
         result.generated_tokens += stats.get("generated_tokens", 0)
+        result.eos_tokens += stats.get("eos_tokens", 0)
+        result.requests += stats.get("requests", 0)
+        result.scored_tokens += stats.get("scored_tokens", 0)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -71,10 +71,27 @@ def run_shard(
     """Build and atomically publish one generation shard; returns its throughput stats."""
     table = build_shard(backend, spec, task, ref, samples, chat, provenance, worker)
     store.publish_table(store.shard_path(GENERATIONS, ref), table)
-    stats: dict[str, Any] = {"task": ref.task, "shard": ref.name, "samples": len(samples)}
-    if "generated_tokens" in table.column_names:
-        stats["generated_tokens"] = sum(
-            v or 0 for v in table.column("generated_tokens").to_pylist()
+    return shard_stats(ref, table)
+
+
+def shard_stats(ref: ShardRef, table: pa.Table) -> dict[str, Any]:
+    """What a shard holds, for the job's end-of-run line: samples; for generation the
+    text tokens and, apart, the EOS tokens rows ended with; for log-likelihood the
+    requests (one per choice) and the tokens they scored (context + continuation)."""
+    names = table.column_names
+    stats: dict[str, Any] = {"task": ref.task, "shard": ref.name, "samples": table.num_rows}
+    if "generated_tokens" in names:
+        eos = sum(1 for r in table.column("finish_reason").to_pylist() if r == "eos")
+        generated = sum(v or 0 for v in table.column("generated_tokens").to_pylist())
+        stats["generated_tokens"] = generated - eos
+        stats["eos_tokens"] = eos
+    if "choices" in names:
+        rows = table.select(["choices", "prompt_tokens", "continuation_tokens"]).to_pylist()
+        stats["requests"] = sum(len(r["choices"] or ()) for r in rows)
+        stats["scored_tokens"] = sum(
+            (r["prompt_tokens"] or 0) * len(r["choices"] or ())
+            + sum(r["continuation_tokens"] or ())
+            for r in rows
         )
     return stats
 

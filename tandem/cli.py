@@ -69,11 +69,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         progress=not args.quiet,
     )
-    rate = result.generated_tokens / result.seconds if result.seconds else 0.0
     print(
-        f"run {result.run_id}: generated {result.shards_done} shard(s) "
-        f"({result.samples} samples, {result.generated_tokens} new tokens, "
-        f"{result.seconds:.1f} s, {rate:.1f} tokens/s); {result.shards_skipped} already done"
+        f"run {result.run_id}: {_job_line(result)}; {result.shards_skipped} shard(s) already done"
     )
     return 0
 
@@ -115,6 +112,27 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         print()
     print(f"stored as runs/{record.run_id}/profile.json")
     return 0
+
+
+def _job_line(result) -> str:  # type: ignore[no-untyped-def]
+    """What ran, in the units that describe it: text tokens/s for generation (EOS
+    apart), requests/s and scored tokens/s for log-likelihood tasks."""
+    seconds = result.seconds
+    parts = [f"{result.shards_done} shard(s), {result.samples} samples in {seconds:.1f} s"]
+    if result.generated_tokens or result.eos_tokens:
+        rate = result.generated_tokens / seconds if seconds else 0.0
+        parts.append(
+            f"{result.generated_tokens} new text tokens (+{result.eos_tokens} EOS), "
+            f"{rate:.1f} tokens/s"
+        )
+    if result.requests:
+        requests_rate = result.requests / seconds if seconds else 0.0
+        tokens_rate = result.scored_tokens / seconds if seconds else 0.0
+        parts.append(
+            f"{result.requests} log-likelihood requests ({requests_rate:.1f}/s), "
+            f"{result.scored_tokens} tokens scored ({tokens_rate:.0f}/s)"
+        )
+    return "; ".join(parts)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,18 @@ def run(
         keys.append(row["key"])
 
     progress = _Progress(len(items)) if len(items) >= _PROGRESS_MIN else None
+    started = time.perf_counter()
     try:
         verdicts = ifeval.evaluate_many(items, workers=workers, progress=progress)
     finally:
         if progress:
             progress.close()
+    seconds = time.perf_counter() - started
+    print(
+        f"scored {len(verdicts)} responses in {seconds:.2f} s "
+        f"({len(verdicts) / seconds if seconds else 0.0:.0f} rows/s)",
+        file=sys.stderr,
+    )
 
     out_lines = []
     for (_number, line), key, item, verdict in zip(lines, keys, items, verdicts, strict=True):
