@@ -36,6 +36,7 @@ from shared.records import ChatInfo, Environment, ModelInfo, RunRecord, TaskPlan
 from shared.spec import RunSpec
 from shared.store import RUN_RECORD, ShardRef, Store
 from shared.tasks import TASKS, Sample, TaskDef, load_samples
+from shared.tasks._base import ordered
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
@@ -113,8 +114,17 @@ def plan(
     run under this id with another spec is refused here, before any model loads."""
     run_id = spec.resolved_run_id()
     path = store.run_path(run_id, RUN_RECORD)
+    existing = None
     if store.exists(path):
         store.check_same_spec(run_id, store.read_json(path), spec.spec_hash())
+        existing = store.run_record(run_id)
+    # A run keeps the shard order it started with (resume stays exact); a new run
+    # groups the samples each task asks to have grouped.
+    orders = (
+        dict(existing.orders)
+        if existing is not None
+        else {t: TASKS[t].order_by for t in spec.tasks if TASKS[t].order_by}
+    )
     samples: dict[str, list[Sample]] = {}
     for name in spec.tasks:
         samples[name] = load_samples(
@@ -126,10 +136,12 @@ def plan(
         )
         if not samples[name]:
             raise TandemError(f"task {name}: no samples to evaluate")
+        samples[name] = ordered(samples[name], orders.get(name))
     model = describe_model(spec) if backend is None else _describe_loaded(backend)
     if spec.chat_template == "on" and not model["has_chat_template"]:
         raise TandemError(f"chat_template = 'on' but {spec.model} has no chat template")
     record = run_record(spec, run_id, model, {k: len(v) for k, v in samples.items()})
+    record = record.model_copy(update={"orders": {k: v for k, v in orders.items() if v}})
     jobs, skipped = [], 0
     for name, task_samples in samples.items():
         chat = use_chat(spec, TASKS[name], bool(model["has_chat_template"]))

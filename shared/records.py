@@ -142,6 +142,9 @@ class RunRecord(_Record):
     tasks: dict[str, TaskPlan] = Field(default_factory=dict)
     environment: Environment = Field(default_factory=Environment)
     workers: list[WorkerInfo] = Field(default_factory=list)
+    # Per task, the doc field its samples were grouped by before sharding (so items that
+    # share a few-shot block meet in one shard); absent: the data's order.
+    orders: dict[str, str] = Field(default_factory=dict)
 
     @property
     def requested_precision(self) -> str:

@@ -250,18 +250,30 @@ class LoglikelihoodScorer:
         return [o for o in out if o is not None]
 
 
+# A sequence sharing at least this many tokens with its row -- and more than it adds --
+# stays in the row past the budget (up to SHARE_GROWTH times it): starting a new row
+# would run the shared part (a few-shot block: hundreds of tokens) through the model
+# again, which costs far more than the longer row's attention.
+MIN_SHARED = 32
+SHARE_GROWTH = 4
+
+
 def _pack_rows(sequences: list[tuple[int, ...]], budget: int) -> Iterator[list[tuple[int, int]]]:
     """Rows of ``(index, shared)``: the sequences in lexicographic order (the depth-first
     order of their prefix tree), cut where a row's tree would pass ``budget`` nodes,
     each with the tokens it shares with the one before it in its row; a sequence adds
     its length minus that to its row's tree. A sequence longer than the budget is a
-    row alone (with the sequences that add nothing to it)."""
+    row alone (with the sequences that add nothing to it), unless it shares a long
+    prefix with the row (see MIN_SHARED): then rows grow to SHARE_GROWTH x budget (and
+    never past PACK_DEPTH_LIMIT nodes, the mask being row x row)."""
     row: list[tuple[int, int]] = []
     size = 0
+    cap = min(budget * SHARE_GROWTH, PACK_DEPTH_LIMIT)
     for i in sorted(range(len(sequences)), key=sequences.__getitem__):
         shared = token_rules.common_prefix(sequences[row[-1][0]], sequences[i]) if row else 0
         new = len(sequences[i]) - shared
-        if new and row and size + new > budget:
+        sharing = shared >= max(new, MIN_SHARED) and size + new <= cap
+        if new and row and size + new > budget and not sharing:
             yield row
             row, size, shared, new = [], 0, 0, len(sequences[i])
         row.append((i, shared))

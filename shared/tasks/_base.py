@@ -100,6 +100,9 @@ class TaskDef:
     generation: Generation | None = None
     # Its scorer runs model-written programs: opt-in on the scorer's side.
     unsafe_code: bool = False
+    # A doc field to group samples by before sharding (a stable sort), so samples with
+    # the same few-shot block share a shard and the backend computes the block once.
+    order_by: str | None = None
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.metrics]
@@ -119,6 +122,13 @@ class TaskDef:
 
 # The metrics every multiple-choice task reports (lm-eval's acc and acc_norm).
 CHOICE_METRICS = (Metric("acc"), Metric("acc_norm"))
+
+
+def ordered(samples: list[Sample], key: str | None) -> list[Sample]:
+    """``samples`` grouped by ``doc[key]`` (stable: the data's order within a group)."""
+    if not key:
+        return samples
+    return sorted(samples, key=lambda sample: str(sample.doc.get(key, "")))
 
 
 def load_samples(

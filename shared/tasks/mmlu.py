@@ -126,6 +126,7 @@ MMLU = TaskDef(
     scorer="choices",
     metrics=(Metric("acc"), Metric("by_subject", "mmlu_groups")),
     headline="acc",
+    order_by="subject",  # the data's order already is; kept explicit
     fewshot=Fewshot(
         pool=_split("dev", ["mmlu_dev.jsonl"]),
         exemplar=_exemplar,

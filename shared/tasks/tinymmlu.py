@@ -50,4 +50,6 @@ TINYMMLU = TaskDef(
         Metric("gpirt", "tinybenchmarks_irt"),
     ),
     headline="acc_norm",
+    # Items of one subject share their 5-shot block: grouped, the block runs once.
+    order_by="subject",
 )

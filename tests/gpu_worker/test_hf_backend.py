@@ -156,6 +156,24 @@ def test_packing_shares_prefixes_and_pads_nothing():
     assert list(_pack_rows(sequences, 3))[2] == [(1, 0), (2, 4)]
 
 
+def test_a_long_shared_prefix_keeps_a_row_together_past_its_budget():
+    """Few-shot contexts: five questions behind one 100-token block pack into one row
+    (the block once) though each alone passes the 64-token budget; unrelated long
+    sequences still get rows of their own, and no row passes 4 x budget."""
+    from gpu_worker.backends._hf_loglik import _pack_rows
+
+    block = tuple(range(1000, 1100))
+    items = [block + tuple(range(10 * k, 10 * k + 10)) for k in range(5)]
+    others = [tuple(range(2000 + 200 * k, 2000 + 200 * k + 80)) for k in range(2)]
+    rows = list(_pack_rows(items + others, 64))
+    assert sorted(i for i, _ in rows[0]) == [0, 1, 2, 3, 4]
+    assert [shared for _, shared in rows[0]] == [0, 100, 100, 100, 100]
+    assert [[i for i, _ in row] for row in rows[1:]] == [[5], [6]]
+    many = [block + tuple(range(10 * k, 10 * k + 10)) for k in range(30)]
+    sizes = [100 + 10 * (len(row) - 1) + 10 for row in _pack_rows(many, 64)]
+    assert max(sizes) <= 256 and len(sizes) > 1
+
+
 def test_packing_depth_follows_the_attention_kernel_and_window(embedded_backend, monkeypatch):
     backend = embedded_backend
     scorer = backend.scorer

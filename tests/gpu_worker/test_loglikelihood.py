@@ -217,3 +217,19 @@ def test_rolling_windows_score_every_token_once_with_the_overlap_as_context(
     (result,) = backend.loglikelihood_rolling([RollingRequest(TEXT, window, stride)])
     assert result.tokens == n
     assert result.logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_fewshot_items_share_their_block_and_keep_their_numbers(backend):
+    """Four MMLU questions of one subject behind the same 5-shot block (~600 tokens):
+    the block runs once (all 16 requests in one packed row), and every log-likelihood
+    equals the plain forward's, as without sharing."""
+    from gpu_worker.backends import LoglikelihoodRequest
+
+    samples = load_samples(TASKS["mmlu"], DATA, 4, num_fewshot=5)
+    requests = [LoglikelihoodRequest(s.prompt, c) for s in samples for c in s.choices]
+    results = backend.loglikelihood(requests)
+    assert {r.batch_size for r in results} == {len(requests)}  # one row, one forward
+    for request, got in zip(requests, results, strict=True):
+        logprob, greedy, _ = reference(backend, request.context, request.continuation)
+        assert got.logprob == pytest.approx(logprob, rel=1e-4, abs=1e-4)
+        assert got.is_greedy == greedy
