@@ -38,7 +38,7 @@ else:  # pragma: no cover
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8", "nf4"]
-BackendName = Literal["hf", "vllm", "unsloth", "fake"]
+BackendName = Literal["hf", "vllm", "unsloth", "llamacpp", "fake"]
 
 
 class GenerationParams(BaseModel):
