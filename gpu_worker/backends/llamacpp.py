@@ -19,21 +19,24 @@ rather than the ``Llama`` class, which runs one sequence at a time:
   choices of one question) share one sequence;
 - rolling: lm-eval's windows (``gpu_worker.tokens.rolling_windows``), each a sequence.
 
-Every sequence in a batch has its own positions from 0 and sees only its own tokens
-(llama.cpp masks by sequence id), so a request's numbers do not depend on its
-neighbours beyond float rounding. The engine is imported when the backend is built.
+Every sequence in a batch has its own positions from 0 and its own KV cells, and sees
+only its own tokens, so a request's numbers are the same alone and batched (measured:
+identical). The file's tokenizer, template and quantization are read in ``_gguf.py``;
+the engine is imported when the backend is built.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gpu_worker import tokens as token_rules
+from gpu_worker.backends._gguf import GgufVocab, file_type, gguf_path
 from gpu_worker.backends.base import (
     BackendInfo,
     GenerationRequest,
@@ -45,7 +48,7 @@ from gpu_worker.backends.base import (
 )
 from gpu_worker.batching import available_cores, length_sorted_batches
 from gpu_worker.hardware import device_name, host_name
-from gpu_worker.models import embedded_gguf, file_sha256
+from gpu_worker.models import file_sha256
 from gpu_worker.precision import Platform
 from shared.errors import TandemError, did_you_mean
 from shared.spec import EMBEDDED_MODEL, RunSpec
@@ -64,7 +67,6 @@ DECODE_TOKENS = 512
 # 2-core CPU (bench/generation_bench.py): throughput still grew from 16 to 32.
 AUTO_SEQUENCES = 32
 ENGINE_KWARGS = {"n_ctx", "kv_tokens", "n_batch", "flash_attn"}
-_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1"}
 
 
 def refusal(precision: str, platform: Platform) -> str | None:
@@ -78,92 +80,6 @@ def _fixed(precision: str) -> str:
         f"not {precision}; set precision = 'auto', or pick the file of the quantization "
         "you want"
     )
-
-
-def gguf_path(model: str) -> str:
-    """The .gguf to load: the embedded SmolLM2's, or a path ending in .gguf."""
-    if model == EMBEDDED_MODEL:
-        return str(embedded_gguf())
-    if not model.endswith(".gguf"):
-        raise TandemError(
-            f"backend 'llamacpp' runs .gguf files, not {model!r}; give the path of a .gguf "
-            f"or {EMBEDDED_MODEL!r}, or use backend = 'hf' for a hub id or HF directory"
-        )
-    from pathlib import Path
-
-    path = Path(model).expanduser()
-    if not path.is_file():
-        raise TandemError(f"model file {path} does not exist")
-    return str(path)
-
-
-class GgufVocab:
-    """The GGUF's own tokenizer and chat template, shaped like the parts of a Hugging
-    Face tokenizer that ``gpu_worker.tokens`` reads (chat_template, bos/eos ids,
-    apply_chat_template)."""
-
-    def __init__(self, llama_cpp: Any, model: Any):
-        self._llama_cpp = llama_cpp
-        self._vocab = model.vocab
-        self._model = model
-        meta = model.metadata()
-        self.chat_template: str = meta.get("tokenizer.chat_template", "")
-        bos, eos = model.token_bos(), model.token_eos()
-        self.bos_token_id: int | None = bos if bos >= 0 else None
-        self.eos_token_id: int = eos
-        self.bos_token = self.piece(bos) if bos >= 0 else ""
-        self.eos_token = self.piece(eos)
-
-    def piece(self, token: int) -> str:
-        return self.decode([token], special=True)
-
-    def encode(self, text: str) -> list[int]:
-        # special=True: "<|im_start|>" in a rendered chat prompt is the control token,
-        # as a Hugging Face tokenizer parses it; no BOS added (tandem and lm-eval encode
-        # causal-LM inputs without it).
-        if not text:
-            return []
-        return list(self._model.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-
-    def decode(self, ids: list[int], special: bool = False) -> str:
-        """Text of ``ids``; control tokens dropped unless ``special``. A cut-off UTF-8
-        character becomes U+FFFD, as transformers decodes it."""
-        if not ids:
-            return ""
-        llama_cpp = self._llama_cpp
-        array = (llama_cpp.llama_token * len(ids))(*ids)
-        size = 16 * len(ids) + 64
-        for _ in range(2):
-            buffer = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_detokenize(
-                self._vocab, array, len(ids), buffer, size, False, special
-            )
-            if n >= 0:
-                return buffer.raw[:n].decode("utf-8", errors="replace")
-            size = -n + 1
-        raise TandemError(f"llama.cpp could not detokenize {len(ids)} tokens")
-
-    def is_end(self, token: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
-
-    def apply_chat_template(
-        self, messages: list[dict[str, str]], tokenize: bool = False, add_generation_prompt=True
-    ) -> str:
-        """The template rendered as transformers renders it (sandboxed jinja2, trimmed
-        blocks), so hf and llamacpp prompts are the same text."""
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        def raise_exception(message: str) -> None:
-            raise TandemError(f"chat template: {message}")
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
-        return env.from_string(self.chat_template).render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token,
-            eos_token=self.eos_token,
-        )
 
 
 @dataclass
@@ -197,6 +113,11 @@ class LlamaCppBackend:
                 f"engine_kwargs {name!r} is not a llamacpp setting"
                 f"{did_you_mean(name, ENGINE_KWARGS)}; allowed: {', '.join(sorted(ENGINE_KWARGS))}"
             )
+        # llama.cpp's OpenMP threads spin while they wait by default; on a shared
+        # machine that is ruinous: 2 threads decoded 3.3 tokens/s with another job on
+        # the 2-core VM, 26 passive (1 thread: 41). Read when the library loads, so set
+        # before the import; a value the user set wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import llama_cpp
             from llama_cpp import _internals
@@ -206,7 +127,7 @@ class LlamaCppBackend:
         self.spec = spec
         self._lib = llama_cpp
         self.path = gguf_path(spec.model)
-        self.file_sha256 = file_sha256(_as_path(self.path))
+        self.file_sha256 = file_sha256(Path(self.path))
         set_verbose(False)  # llama.cpp logs every tensor at load time otherwise
         llama_cpp.llama_backend_init()
         self.device = self._pick_device(spec.device)
@@ -231,7 +152,7 @@ class LlamaCppBackend:
         self.context: Any = None
         self._shape = (0, 0)  # the context's (sequences, cells per sequence)
         self._batch = llama_cpp.llama_batch_init(self.decode_tokens, 0, 1)
-        self.file_type = _file_type(self.model.metadata())
+        self.file_type = file_type(self.model.metadata())
         self.prefix_id = token_rules.prefix_token_id(self.vocab)
 
     def _fit_context(self, count: int, longest: int) -> None:
@@ -574,27 +495,6 @@ class LlamaCppBackend:
             else RollingResult(total, count, batch_seconds=seconds)
             for total, count in zip(totals, counts, strict=True)
         ]
-
-
-def _as_path(path: str) -> Any:
-    from pathlib import Path
-
-    return Path(path)
-
-
-def _file_type(metadata: dict[str, str]) -> str:
-    """The GGUF's quantization as llama.cpp names it (general.file_type)."""
-    raw = metadata.get("general.file_type", "")
-    try:
-        code = int(raw)
-    except ValueError:
-        return "unknown"
-    try:
-        from gguf import LlamaFileType
-
-        return LlamaFileType(code).name.removeprefix("MOSTLY_")
-    except (ImportError, ValueError):
-        return _FILE_TYPES.get(code, f"type {code}")
 
 
 def create(spec: RunSpec) -> LlamaCppBackend:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gpu_worker.backends import create_backend
-from gpu_worker.backends.llamacpp import gguf_path
+from gpu_worker.backends._gguf import gguf_path
 from shared.errors import TandemError
 from shared.spec import RunSpec
 
