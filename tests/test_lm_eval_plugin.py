@@ -73,13 +73,18 @@ metric_list:
 
 def lm_eval_env(tmp_path: Path) -> dict[str, str]:
     """Offline, and lm-eval's dataset cache under tmp_path, not the user's home."""
-    return {
+    env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "HF_HOME": str(tmp_path / "hf"),
     }
+    if os.environ.get("TANDEM_THREADS"):
+        # lm-eval's hf model takes torch's default threads; hold it to tandem's count
+        # (on a busy 2-core machine 2 threads ran several times slower than 1).
+        env.setdefault("OMP_NUM_THREADS", os.environ["TANDEM_THREADS"])
+    return env
 
 
 def write_task(tmp_path: Path, name: str, text: str) -> Path:
