@@ -57,14 +57,15 @@ INSTALL = "pip install 'tandem-eval[llamacpp]' (compiles llama.cpp: cmake and a 
 # Longest sequence (prompt + answer, or one log-likelihood input), unless the model was
 # trained on less. engine_kwargs n_ctx overrides; the KV cache holds at least this.
 DEFAULT_CONTEXT = 8192
-# KV cells shared by the sequences of one batch (llama.cpp's unified KV cache): 16384
-# cells of SmolLM2-135M are 380 MB in f16.
+# KV cells for the sequences of one batch together (sequences x longest): 16384 cells
+# of SmolLM2-135M are 380 MB in f16.
 KV_TOKENS = 16384
 # Tokens per llama_decode call; with every position's logits wanted this is also the
 # logits buffer (512 x 49152 vocab x 4 bytes = 100 MB).
 DECODE_TOKENS = 512
-# Sequences decoded together when generation.batch_size = "auto". Measured on a
-# 2-core CPU (bench/generation_bench.py): throughput still grew from 16 to 32.
+# Sequences whose generation steps are decoded together when generation.batch_size =
+# "auto". More never hurt in the measurements on the busy 2-core VM and sometimes helped
+# (8 sequences: 12 tokens/s, 32: 19, 1 thread).
 AUTO_SEQUENCES = 32
 ENGINE_KWARGS = {"n_ctx", "kv_tokens", "n_batch", "flash_attn"}
 
@@ -134,7 +135,7 @@ class LlamaCppBackend:
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0x7FFFFFFF if self.device == "cuda" else 0
         self.model = _internals.LlamaModel(path_model=self.path, params=model_params, verbose=False)
-        self.vocab = GgufVocab(llama_cpp, self.model)
+        self.tokenizer = GgufVocab(llama_cpp, self.model)
         self.n_vocab = self.model.n_vocab()
         options = spec.engine_kwargs
         trained = self.model.n_ctx_train() or DEFAULT_CONTEXT
@@ -153,7 +154,7 @@ class LlamaCppBackend:
         self._shape = (0, 0)  # the context's (sequences, cells per sequence)
         self._batch = llama_cpp.llama_batch_init(self.decode_tokens, 0, 1)
         self.file_type = file_type(self.model.metadata())
-        self.prefix_id = token_rules.prefix_token_id(self.vocab)
+        self.prefix_id = token_rules.prefix_token_id(self.tokenizer)
 
     def _fit_context(self, count: int, longest: int) -> None:
         """A context for ``count`` sequences of up to ``longest`` tokens, reused while
@@ -214,16 +215,16 @@ class LlamaCppBackend:
 
     # ---- prompts -----------------------------------------------------------------------
     def has_chat_template(self) -> bool:
-        return bool(self.vocab.chat_template)
+        return bool(self.tokenizer.chat_template)
 
     def render(self, prompt: str, chat: bool) -> str:
-        return token_rules.render(self.vocab, prompt, chat, self.spec.model)
+        return token_rules.render(self.tokenizer, prompt, chat, self.spec.model)
 
     def encode(self, text: str) -> list[int]:
-        return self.vocab.encode(text)
+        return self.tokenizer.encode(text)
 
     def info(self) -> dict[str, Any]:
-        template = self.vocab.chat_template
+        template = self.tokenizer.chat_template
         return BackendInfo(
             model_id=self.spec.model
             if self.spec.model != EMBEDDED_MODEL
@@ -319,7 +320,7 @@ class LlamaCppBackend:
         prompts = [
             token_rules.truncate_prompt(
                 self.encode(r.prompt),
-                self.vocab.eos_token_id,
+                self.tokenizer.eos_token_id,
                 self.max_length,
                 r.max_new_tokens,
                 self.spec.generation.max_prompt_tokens,
@@ -367,11 +368,11 @@ class LlamaCppBackend:
         for step in range(max_new):
             keep = []
             for seq, token in zip(active, next_tokens, strict=True):
-                if self.vocab.is_end(token):
+                if self.tokenizer.is_end(token):
                     finish[seq] = "eos"
                     continue
                 generated[seq].append(token)
-                if stop and any(s in self.vocab.decode(generated[seq][-window:]) for s in stop):
+                if stop and any(s in self.tokenizer.decode(generated[seq][-window:]) for s in stop):
                     finish[seq] = "stop"
                     continue
                 if step + 1 < max_new and positions[seq] < self.max_length:
@@ -395,7 +396,7 @@ class LlamaCppBackend:
         ]
 
     def _result(self, ids, cut, tokens, finish, stop, seconds, size) -> GenerationResult:
-        text = self.vocab.decode(tokens)
+        text = self.tokenizer.decode(tokens)
         for s in stop:
             if s in text:
                 text, finish = text[: text.index(s)], "stop"
