@@ -41,11 +41,11 @@ test-vllm: venv .venv-vllm/.ready
 # clean state on the 2-core VM; pip caches the wheel after that), so it is not part of
 # `make test`; the demo does not use it (docs/backends.md, README). Same .venv: no pins
 # conflict with torch.
-.venv/.llamacpp-ready: .venv/.tandem-bootstrap
+.venv/.llamacpp-ready: pyproject.toml | venv
 	.venv/bin/python -m pip install -q -c .venv/constraints.txt -e ".[llamacpp,lmeval]"
 	touch $@
 
-test-llamacpp: venv .venv/.llamacpp-ready
+test-llamacpp: .venv/.llamacpp-ready
 	scripts/test.sh -m llamacpp
 
 test-gpu: venv
