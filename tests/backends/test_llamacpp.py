@@ -36,3 +36,20 @@ def test_only_gguf_files(tmp_path) -> None:
     with pytest.raises(TandemError, match="does not exist"):
         gguf_path(str(tmp_path / "missing.gguf"))
     assert gguf_path("embedded:smollm2-135m-instruct").endswith(".gguf")
+
+
+@pytest.mark.slow
+@pytest.mark.llamacpp
+def test_info_records_what_the_file_holds() -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed: make test-llamacpp")
+    from gpu_worker.batching import available_cores
+
+    backend = create_backend(spec())
+    try:
+        info = backend.info()
+    finally:
+        backend.close()
+    assert info["precision"] == "q4_1" and info["dtype"] == "Q4_1 (GGUF, as shipped)"
+    assert (info["backend"], info["engine"], info["device"]) == ("llamacpp", "llama.cpp", "cpu")
+    assert info["threads"] == available_cores()
+    assert len(info["model_file_sha256"]) == 64 and len(info["chat_template_sha256"]) == 64
