@@ -1,5 +1,5 @@
 # The two commands the README promises, plus the usual checks.
-.PHONY: demo test test-fast test-vllm test-gpu check fuzz bench venv
+.PHONY: demo test test-fast test-vllm test-llamacpp test-gpu check fuzz bench venv
 
 venv:
 	@scripts/bootstrap.sh
@@ -36,6 +36,17 @@ fuzz: venv
 
 test-vllm: venv .venv-vllm/.ready
 	.venv-vllm/bin/python -m pytest tests/backends -m vllm -p no:cacheprovider
+
+# The llama.cpp backend: llama-cpp-python compiles llama.cpp on install (9.7 min from a
+# clean state on the 2-core VM; pip caches the wheel after that), so it is not part of
+# `make test`; the demo does not use it (docs/backends.md, README). Same .venv: no pins
+# conflict with torch.
+.venv/.llamacpp-ready: pyproject.toml | venv
+	.venv/bin/python -m pip install -q -c .venv/constraints.txt -e ".[llamacpp,lmeval]"
+	touch $@
+
+test-llamacpp: .venv/.llamacpp-ready
+	scripts/test.sh -m llamacpp
 
 test-gpu: venv
 	.venv/bin/python -m pytest -m gpu -p no:cacheprovider

@@ -1,12 +1,17 @@
-"""Generation throughput: tandem hf vs lm-eval's hf backend vs a naive loop (vs vLLM).
+"""Generation throughput: tandem hf vs lm-eval's hf backend vs a naive loop (vs vLLM,
+vs llama.cpp).
 
 The same IFEval prompts (chat-rendered once, here), the same model and max_new_tokens,
 greedy, in one run:
 
 - ``tandem-hf``: tandem's hf backend (length-sorted, left-padded batches, KV cache);
-- ``lmeval-hf``: lm-eval's ``HFLM.generate_until`` (its own env, .venv-genbench), at
+- ``lmeval-hf``: lm-eval's ``HFLM.generate_until`` (in .venv-genbench if it exists, else
+  here when lm-eval is installed: the ``lmeval`` extra), at
   its default batch size 1 and at tandem's batch size;
 - ``naive``: ``model.generate`` on one prompt at a time, no padding;
+- ``tandem-llamacpp``: tandem's llamacpp backend on the embedded model's GGUF as it
+  ships (Q4_1), where llama-cpp-python is installed: the same weights, quantized, so
+  its text may differ from fp32's (the column says how often);
 - ``tandem-vllm`` and ``raw-vllm``: tandem's vLLM backend and a plain
   ``LLM.generate`` on the same engine (its own env, .venv-vllm), where installed.
 
@@ -25,6 +30,7 @@ process may use).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -187,6 +193,32 @@ def run_tandem_hf(prompts: list[str], max_new: int, precision: str = "fp32") -> 
     }, size
 
 
+def run_tandem_llamacpp(prompts: list[str], max_new: int) -> dict:
+    from gpu_worker.backends import create_backend
+    from gpu_worker.backends.base import GenerationRequest
+    from shared.spec import RunSpec
+
+    backend = create_backend(RunSpec(tasks=("ifeval",), backend="llamacpp"))
+    requests = [GenerationRequest(p, max_new) for p in prompts]
+    backend.generate([GenerationRequest(p, 4) for p in prompts[:2]])  # warm-up
+    started = time.perf_counter()
+    results = backend.generate(requests)
+    seconds = time.perf_counter() - started
+    backend.close()
+    return {
+        "seconds": seconds,
+        "tokens": sum(r.generated_tokens for r in results),
+        "texts": [r.text for r in results],
+    }
+
+
+def lmeval_python() -> Path:
+    """lm-eval's own env when made; else this one, if it has lm-eval (the lmeval extra)."""
+    if LMEVAL_PY.exists() or importlib.util.find_spec("lm_eval") is None:
+        return LMEVAL_PY
+    return Path(sys.executable)
+
+
 def in_env(python: Path, mode: str, job: dict, env: dict) -> dict | None:
     if not python.exists():
         print(f"skip {mode}: {python} not found", file=sys.stderr)
@@ -220,7 +252,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--skip", default="", help="comma list: lmeval,lmeval1,naive,vllm")
+    parser.add_argument("--skip", default="", help="comma list: lmeval,lmeval1,naive,vllm,llamacpp")
     parser.add_argument(
         "--hf-precisions",
         default="",
@@ -256,12 +288,19 @@ def main() -> None:
         results[f"tandem-hf {precision}"], _ = run_tandem_hf(
             prompts, args.max_new_tokens, precision
         )
+    if "llamacpp" not in skip:
+        if importlib.util.find_spec("llama_cpp") is None:
+            print("skip llamacpp: llama-cpp-python not installed", file=sys.stderr)
+        else:
+            results["tandem-llamacpp (Q4_1 GGUF)"] = run_tandem_llamacpp(
+                prompts, args.max_new_tokens
+            )
     if "lmeval" not in skip:
-        got = in_env(LMEVAL_PY, "lmeval", {**job, "batch_size": batch_size}, env)
+        got = in_env(lmeval_python(), "lmeval", {**job, "batch_size": batch_size}, env)
         if got:
             results[f"lmeval-hf (batch {batch_size})"] = got
     if "lmeval1" not in skip:
-        got = in_env(LMEVAL_PY, "lmeval", {**job, "batch_size": 1}, env)
+        got = in_env(lmeval_python(), "lmeval", {**job, "batch_size": 1}, env)
         if got:
             results["lmeval-hf (batch 1, its default)"] = got
     if "naive" not in skip:

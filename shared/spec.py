@@ -39,7 +39,7 @@ EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 DEFAULT_FEWSHOT_SEED = 1234  # lm-eval's fewshot_random_seed
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8", "nf4"]
-BackendName = Literal["hf", "vllm", "unsloth", "fake"]
+BackendName = Literal["hf", "vllm", "unsloth", "llamacpp", "fake"]
 
 
 class GenerationParams(BaseModel):

@@ -328,6 +328,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_lm_eval(argv: list[str]) -> int:
+    try:
+        from tandem.lm_eval import run_cli
+    except ImportError as error:
+        raise TandemError(
+            f"tandem lm-eval needs lm-evaluation-harness: pip install 'tandem-eval[lmeval]' "
+            f"({error})"
+        ) from error
+    return run_cli(argv)
+
+
 def add_ifeval_arguments(ifeval: argparse.ArgumentParser) -> None:
     """``tandem ifeval``'s arguments (also ``python -m cpu_scorer.ifeval``'s)."""
     ifeval.add_argument(
@@ -572,6 +583,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", default=None, help="task data (default: ../shared/data beside the checkout)"
     )
     demo.add_argument("--no-ray", action="store_true", help="skip Ray; run generation in-process")
+
+    # Never parsed here: main() hands everything after "lm-eval" to lm-eval's own CLI.
+    command(
+        "lm-eval",
+        lambda args: 0,
+        "lm-evaluation-harness's CLI with --model tandem registered; every argument is "
+        "passed through (e.g. --model tandem --model_args backend=llamacpp,model=m.gguf "
+        "--tasks task.yaml).",
+    )
     return parser
 
 
@@ -579,12 +599,14 @@ _EXPORT_TARGETS = ("wandb", "checkpoint", "-h", "--help")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[0] == "export" and argv[1] not in _EXPORT_TARGETS:
         argv.insert(1, "checkpoint")  # ``tandem export model.pt ...`` as before
-    args = parser.parse_args(argv)
     try:
+        if argv[:1] == ["lm-eval"]:
+            # Everything after it is lm-eval's: argparse here would try to read it.
+            return _cmd_lm_eval(argv[1:])
+        args = build_parser().parse_args(argv)
         return int(args.handler(args) or 0)
     except TandemError as error:
         print(f"tandem: error: {error}", file=sys.stderr)

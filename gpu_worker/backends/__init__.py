@@ -39,7 +39,8 @@ class BackendEntry:
 
     module: str  # defines create(spec) and refusal(precision, platform)
     extra: str  # the tandem-eval extra that installs its engine
-    precisions: tuple[str, ...]  # concrete precisions it can run somewhere
+    # Concrete precisions it can run somewhere; () when the model file fixes it (GGUF).
+    precisions: tuple[str, ...]
     adapters: bool  # takes a LoRA adapter
     merge: bool  # can merge the adapter into the weights (merge_adapter = true)
 
@@ -51,6 +52,9 @@ BACKENDS: dict[str, BackendEntry] = {
     "unsloth": BackendEntry(
         "gpu_worker.backends.unsloth", "unsloth", ("bf16", "fp16", "int8", "nf4"), True, True
     ),
+    # Runs the .gguf's own quantized weights as they ship: no precision to choose
+    # (precision = "auto"), so it declares none.
+    "llamacpp": BackendEntry("gpu_worker.backends.llamacpp", "llamacpp", (), False, False),
     # Accepts every precision and adapter and runs none: tests only.
     "fake": BackendEntry("gpu_worker.backends.fake", "worker", ALL_PRECISIONS, False, False),
 }

@@ -20,8 +20,18 @@ def test_registry_and_spec_name_the_same_backends() -> None:
 
 def test_declared_precisions_are_spec_precisions() -> None:
     for name, entry in BACKENDS.items():
-        assert entry.precisions, name
         assert set(entry.precisions) <= set(get_args(Precision)) - {"auto"}, name
+
+
+def test_a_backend_declaring_no_precision_refuses_every_one() -> None:
+    # llamacpp: the .gguf fixes the weights' precision; only "auto" runs, and every
+    # concrete precision is refused with the reason.
+    from gpu_worker.precision import Platform, refusal
+
+    fixed = [name for name, entry in BACKENDS.items() if not entry.precisions]
+    assert fixed == ["llamacpp"]
+    for precision in set(get_args(Precision)) - {"auto"}:
+        assert "auto" in (refusal("llamacpp", precision, Platform("cpu")) or "")
 
 
 def test_unknown_backend_names_the_valid_ones() -> None:
