@@ -50,27 +50,32 @@ def print_summary(summary: Summary | dict[str, Any], out: TextIO | None = None) 
     if not isinstance(summary, Summary):
         summary = read_summary(summary)
     lines = [f"== {summary.run_id}  ({summary.model}, {summary.precision})"]
-    header = f"{'task':<12} {'metric':<26} {'value':>9} {'± stderr':>9} {'n':>6} {'rate':>12}"
+    shown_by_task = {task: _shown(task, entry.metrics) for task, entry in summary.tasks.items()}
+    # Columns as wide as their longest entry: task names such as "truthfulqa_mc1" and
+    # metric names such as "exact_match,flexible-extract" must not push the row apart.
+    tw = max([4, *(len(task) for task in summary.tasks)])
+    mw = max([15, *(len(name) for names in shown_by_task.values() for name in names)])
+    header = f"{'task':<{tw}} {'metric':<{mw}} {'value':>9} {'± stderr':>9} {'n':>6} {'rate':>12}"
     lines.append(header)
     lines.append("-" * len(header))
     for task, entry in summary.tasks.items():
         metrics = entry.metrics
         rate_text = _rate(entry.telemetry)
-        shown = _shown(task, metrics)
+        shown = shown_by_task[task]
         if not shown:
             lines.append(
-                f"{task:<12} {'(no scores yet)':<26} {'':>9} {'':>9} {entry.samples_scored:>6}"
+                f"{task:<{tw}} {'(no scores yet)':<{mw}} {'':>9} {'':>9} {entry.samples_scored:>6}"
             )
         for i, name in enumerate(shown):
             stderr = metrics.get(name + "_stderr")
             lines.append(
-                f"{task if i == 0 else '':<12} {name:<26} {_fmt(metrics[name]):>9} "
+                f"{task if i == 0 else '':<{tw}} {name:<{mw}} {_fmt(metrics[name]):>9} "
                 f"{_fmt(stderr) if stderr is not None else '':>9} "
                 f"{entry.samples_scored if i == 0 else '':>6} "
                 f"{rate_text if i == 0 else '':>12}"
             )
         for note in entry.notes:
-            lines.append(f"{'':<12} note: {note}")
+            lines.append(f"{'':<{tw}} note: {note}")
     print("\n".join(lines), file=out)
 
 
