@@ -123,7 +123,10 @@ def _generate_rows(
 ) -> list[dict[str, Any]]:
     rendered = [backend.render(s.prompt, chat) for s in samples]
     budget, stop = generation_settings(spec, task)
-    requests = [GenerationRequest(text, budget, stop) for text in rendered]
+    requests = [
+        GenerationRequest(text, budget, stop, prefix=s.shared_prefix)
+        for s, text in zip(samples, rendered, strict=True)
+    ]
     results = backend.generate(requests)
     rows = []
     for sample, text, result in zip(samples, rendered, results, strict=True):

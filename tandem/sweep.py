@@ -33,6 +33,7 @@ import math
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,6 +333,12 @@ def _calibrate(
         began = time.monotonic()
         build_shard(backend, spec, task, ref, probe, chat, {})
         per_item[name] = (time.monotonic() - began) / max(1, len(probe))
+        if task.limit_by:
+            # A limit counts per group there (MMLU: per subject): one "item" of the
+            # caps is one item of every group.
+            counts = Counter(str(s.doc.get(task.limit_by, "")) for s in everything)
+            per_item[name] *= len(counts)
+            sizes[name] = max(counts.values())
     measured = time.monotonic() - measuring
     caps, predicted = choose_caps(per_item, sizes, pinned, overhead, options.budget_seconds)
     log.info("sweep %s: caps %s (predicted %.0f s a checkpoint)", options.name, caps, predicted)

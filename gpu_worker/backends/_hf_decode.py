@@ -159,21 +159,30 @@ class GreedyDecoder:
             torch.cuda.synchronize()
 
     def generate(
-        self, requests: Sequence[GenerationRequest], prompts: Sequence[Prompt]
+        self,
+        requests: Sequence[GenerationRequest],
+        prompts: Sequence[Prompt],
+        shared: Sequence[int] | None = None,
     ) -> list[GenerationResult]:
-        """One result per request, in order; ``prompts`` are the requests' token ids."""
+        """One result per request, in order; ``prompts`` are the requests' token ids.
+        ``shared``: per request, how many first tokens are a prefix it declares shared
+        with others (a first_n few-shot block, see GenerationRequest.prefix), 0 for
+        none. Requests with the same prefix are batched together and the prefix goes
+        through the model once per batch."""
         results: list[GenerationResult | None] = [None] * len(requests)
-        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        groups: dict[tuple[int, tuple[str, ...], tuple[int, ...]], list[int]] = {}
         for index, request in enumerate(requests):
-            groups.setdefault((request.max_new_tokens, request.stop), []).append(index)
-        for (max_new, stop), indices in groups.items():
+            count = shared[index] if shared is not None and self._may_split() else 0
+            head = tuple(prompts[index][0][:count])
+            groups.setdefault((request.max_new_tokens, request.stop, head), []).append(index)
+        for (max_new, stop, head), indices in groups.items():
             encoded = [prompts[index] for index in indices]
             lengths = [len(ids) for ids, _ in encoded]
             size = self._generation_batch_size(max(lengths) + max_new)
             for batch in length_sorted_batches(lengths, size):
                 items = [encoded[i] for i in batch]
                 for position, result in zip(
-                    batch, self._generate_batch(items, max_new, stop), strict=True
+                    batch, self._generate_batch(items, max_new, stop, len(head)), strict=True
                 ):
                     results[indices[position]] = result
         return [r for r in results if r is not None]
@@ -239,10 +248,10 @@ class GreedyDecoder:
 
     # ---- one batch -----------------------------------------------------------------------
     def _generate_batch(
-        self, items: list[Prompt], max_new: int, stop: tuple[str, ...]
+        self, items: list[Prompt], max_new: int, stop: tuple[str, ...], declared: int = 0
     ) -> list[GenerationResult]:
         try:
-            return self._generate_padded(items, max_new, stop)
+            return self._generate_padded(items, max_new, stop, declared)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
             if not is_oom(error) or len(items) == 1:
                 raise
@@ -256,17 +265,17 @@ class GreedyDecoder:
                 half,
                 len(items) - half,
             )
-            return self._generate_batch(items[:half], max_new, stop) + self._generate_batch(
-                items[half:], max_new, stop
-            )
+            return self._generate_batch(
+                items[:half], max_new, stop, declared
+            ) + self._generate_batch(items[half:], max_new, stop, declared)
 
     @torch.inference_mode()
     def _generate_padded(
-        self, items: list[Prompt], max_new: int, stop: tuple[str, ...]
+        self, items: list[Prompt], max_new: int, stop: tuple[str, ...], declared: int = 0
     ) -> list[GenerationResult]:
         self.batch_sizes.append(len(items))
         if self.loop_supported:
-            results = self._decode_greedy(items, max_new, stop)
+            results = self._decode_greedy(items, max_new, stop, declared)
             if results is not None:
                 return results
         return self._generate_with_generate(items, max_new, stop)
@@ -295,14 +304,17 @@ class GreedyDecoder:
         two passes alone and batched (bf16 and nf4 greedy text stays batch-invariant)."""
         prefix = self.template_prefix
         shared = len(prefix)
-        if self.precision in ("int8", "nf4"):
-            # nf4 on CPU: a batched row's greedy text flipped against the same prompt
-            # alone with the prefix split (conformance suite); quantized models prefill
-            # whole prompts, which keeps them batch-invariant as before.
+        if not self._may_split():
             return 0
         if shared and all(len(ids) > shared and ids[:shared] == prefix for ids, _ in items):
             return shared
         return 0
+
+    def _may_split(self) -> bool:
+        """nf4 on CPU: a batched row's greedy text flipped against the same prompt alone
+        with the prefix split (conformance suite); quantized models prefill whole
+        prompts, which keeps them batch-invariant as before."""
+        return self.precision not in ("int8", "nf4")
 
     def _plain_cache(self, cache: Any) -> bool:
         """Whether ``cache`` is one the loop can grow in place; if not, the loop is off
@@ -386,7 +398,7 @@ class GreedyDecoder:
         return merged, first
 
     def _decode_greedy(
-        self, items: list[Prompt], max_new: int, stop: tuple[str, ...]
+        self, items: list[Prompt], max_new: int, stop: tuple[str, ...], declared: int = 0
     ) -> list[GenerationResult] | None:
         """Greedy decoding over ``model(...)`` with the KV cache, token for token what
         ``generate`` gives, but: prompts are prefilled without cross-group padding, the
@@ -394,11 +406,12 @@ class GreedyDecoder:
         every step), only the last position reaches the LM head, and a row leaves the
         batch and the cache as soon as it ends (EOS, stop string, length), so the
         long tail of an IFEval batch (max_new_tokens 1280, most answers far shorter)
-        runs at the size of the rows still going."""
+        runs at the size of the rows still going. ``declared``: the batch's shared
+        prefix (see generate), else the chat template's."""
         pad = self.tokenizer.pad_token_id
         started = time.perf_counter()
         lengths = [len(ids) for ids, _ in items]
-        shared = self._shared_prefix(items)
+        shared = declared or self._shared_prefix(items)
         width = max(lengths)
         prefilled = self._prefill(items, shared, min(max_new, CACHE_GROWTH))
         if prefilled is None:

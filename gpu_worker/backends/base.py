@@ -14,11 +14,15 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """``prompt`` is already rendered (chat template applied when wanted)."""
+    """``prompt`` is already rendered (chat template applied when wanted). ``prefix``,
+    when set, is text inside ``prompt`` up to which other requests' prompts are the same
+    (a first_n few-shot block): a backend may compute it once per batch; results must
+    not change."""
 
     prompt: str
     max_new_tokens: int
     stop: tuple[str, ...] = ()
+    prefix: str = ""
 
 
 @dataclass

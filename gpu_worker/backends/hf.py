@@ -332,7 +332,29 @@ class HFBackend:
             )
             for request in requests
         ]
-        return self.decoder.generate(requests, prompts)
+        heads: dict[str, list[int]] = {}
+        shared = [
+            self._prefix_tokens(request, ids, heads) if not cut else 0
+            for request, (ids, cut) in zip(requests, prompts, strict=True)
+        ]
+        return self.decoder.generate(requests, prompts, shared)
+
+    def _prefix_tokens(
+        self, request: GenerationRequest, ids: list[int], heads: dict[str, list[int]]
+    ) -> int:
+        """How many of the prompt's first tokens are its declared shared prefix: the
+        tokens of the rendered text up to the end of ``request.prefix``, as far as they
+        agree with the whole prompt's (a token may join across the boundary). It
+        depends on the request alone, never on its batch neighbours."""
+        if not request.prefix:
+            return 0
+        at = request.prompt.find(request.prefix)
+        if at < 0:
+            return 0
+        text = request.prompt[: at + len(request.prefix)]
+        if text not in heads:
+            heads[text] = self.encode(text)
+        return min(token_rules.common_prefix(heads[text], ids), len(ids) - 1)
 
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
         """Sum of log-probs of each continuation given its context, and whether every

@@ -47,6 +47,9 @@ class Sample:
     every generation row as JSON, so a shard can be scored without the original data.
     ``description`` goes in front of the few-shot block and the context when the task
     is loaded (``load_samples``; MMLU's subject line), and is empty afterwards.
+    ``shared_prefix`` is the start of ``prompt`` that other samples of the task have
+    too (a first_n few-shot block and its description): a backend may compute it once
+    for a batch. Empty when the exemplars differ per sample.
     """
 
     sample_id: str
@@ -56,6 +59,7 @@ class Sample:
     contexts: tuple[str, ...] = ()
     doc: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    shared_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,9 @@ class TaskDef:
     # A doc field to group samples by before sharding (a stable sort), so samples with
     # the same few-shot block share a shard and the backend computes the block once.
     order_by: str | None = None
+    # A doc field whose groups a ``limit`` counts in (MMLU: "subject"): lm-eval runs such
+    # a task as one subtask per group, and its --limit N takes N of each.
+    limit_by: str | None = None
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.metrics]
@@ -138,8 +145,8 @@ def load_samples(
     num_fewshot: int = 0,
     fewshot_seed: int | None = None,
 ) -> list[Sample]:
-    """The first ``limit`` samples of a task (a fixed prefix, so runs stay comparable),
-    each with its description and ``num_fewshot`` exemplars in front of its context
+    """The first ``limit`` samples of a task (a fixed prefix, so runs stay comparable;
+    the first ``limit`` of each group for a task with ``limit_by``), each with its description and ``num_fewshot`` exemplars in front of its context
     (``shared.tasks._fewshot``)."""
     from shared.tasks._fewshot import DEFAULT_SEED, apply_fewshot
 
@@ -148,7 +155,17 @@ def load_samples(
     ids = [s.sample_id for s in samples]
     if len(set(ids)) != len(ids):
         raise TandemError(f"task {task.name}: duplicate sample ids in the data")
-    samples = samples[:limit] if limit else samples
+    if limit and task.limit_by:
+        taken: dict[str, int] = {}
+        kept = []
+        for sample in samples:
+            group = str(sample.doc.get(task.limit_by, ""))
+            if taken.get(group, 0) < limit:
+                taken[group] = taken.get(group, 0) + 1
+                kept.append(sample)
+        samples = kept
+    elif limit:
+        samples = samples[:limit]
     seed = DEFAULT_SEED if fewshot_seed is None else fewshot_seed
     return apply_fewshot(task.name, task.fewshot, samples, folder, num_fewshot, seed)
 

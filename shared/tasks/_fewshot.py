@@ -87,7 +87,12 @@ def apply_fewshot(
             "seed": seed if fewshot.sampler == "random" else None,
             "ids": [e.sample_id for e in exemplars],
         }
-        out.append(_prefixed(sample, sample.description + block, record))
+        prefixed = _prefixed(sample, sample.description + block, record)
+        if fewshot.sampler == "first_n" and not sample.contexts:
+            # Every sample of the group starts with this block: generation can prefill
+            # it once per batch (see GenerationRequest.prefix).
+            prefixed = replace(prefixed, shared_prefix=sample.description + block)
+        out.append(prefixed)
     return out
 
 

@@ -127,6 +127,7 @@ MMLU = TaskDef(
     metrics=(Metric("acc"), Metric("by_subject", "mmlu_groups")),
     headline="acc",
     order_by="subject",  # the data's order already is; kept explicit
+    limit_by="subject",  # limit = {mmlu = 5}: 5 per subject (285), as lm-eval --limit 5
     fewshot=Fewshot(
         pool=_split("dev", ["mmlu_dev.jsonl"]),
         exemplar=_exemplar,

@@ -136,3 +136,40 @@ def test_telemetry_splits_prefill_from_decode(embedded_backend):
     backend.loglikelihood([LoglikelihoodRequest("The sky is", " blue")])
     stats = backend.take_telemetry()
     assert stats["prefill_seconds"] > 0 and stats["decode_seconds"] == 0
+
+
+def test_a_declared_fewshot_block_is_prefilled_once_and_changes_no_token(
+    embedded_backend, data_dir, monkeypatch
+):
+    """MATH-500's fixed 4-shot block (~700 tokens) is the same in front of every problem:
+    with the block declared, a batch prefills it once; texts equal the unshared path's,
+    and a request alone splits where it does in a batch."""
+    from dataclasses import replace
+
+    from gpu_worker.backends.base import GenerationRequest
+    from shared.tasks import TASKS, load_samples
+
+    backend = embedded_backend
+    samples = load_samples(TASKS["math500"], data_dir, 4, num_fewshot=4)
+    assert len({s.shared_prefix for s in samples}) == 1 and samples[0].shared_prefix
+    stop = ("Problem:",)
+    shared = [GenerationRequest(s.prompt, 24, stop, prefix=s.shared_prefix) for s in samples]
+    plain = [replace(r, prefix="") for r in shared]
+
+    splits: list[int] = []
+    prefill = backend.decoder._prefill
+    monkeypatch.setattr(
+        backend.decoder,
+        "_prefill",
+        lambda items, count, room: splits.append(count) or prefill(items, count, room),
+    )
+    together = backend.generate(shared)
+    block = len(backend.encode(samples[0].shared_prefix))
+    assert splits and all(block - 2 <= count <= block for count in splits), (splits, block)
+    splits.clear()
+    unshared = backend.generate(plain)
+    assert splits == [0] * len(splits)  # no chat template here: nothing shared before
+    assert [_key(r) for r in together] == [_key(r) for r in unshared]
+    assert any(r.generated_tokens > 4 for r in together)
+    alone = [backend.generate([request])[0] for request in shared[:2]]
+    assert [_key(r) for r in alone] == [_key(r) for r in together[:2]]

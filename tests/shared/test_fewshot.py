@@ -60,7 +60,7 @@ def test_a_missing_fewshot_pool_says_what_to_do(task: str, file: str) -> None:
 
 
 def test_zero_shot_keeps_the_description() -> None:
-    (sample,) = load_samples(TASKS["mmlu"], DATA, 1, num_fewshot=0)
+    sample = load_samples(TASKS["mmlu"], DATA, 1, num_fewshot=0)[0]
     assert sample.prompt.startswith(
         "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
     )
@@ -89,3 +89,20 @@ def test_run_json_and_rows_record_the_fewshot_settings(tmp_path: Path) -> None:
     fewshot = json.loads(row["doc"])["fewshot"]
     assert fewshot["shots"] == 3 and fewshot["seed"] == 99 and len(fewshot["ids"]) == 3
     assert row["prompt"].count("\nAnswer:") == 4  # three exemplars and the question
+
+
+def test_an_mmlu_limit_counts_per_subject_and_first_n_blocks_are_shared() -> None:
+    """lm-eval's --limit 2 on its mmlu group takes 2 of each of the 57 subtasks."""
+    samples = load_samples(TASKS["mmlu"], DATA, 2, num_fewshot=5)
+    subjects = [s.doc["subject"] for s in samples]
+    assert len(samples) == 114 and len(set(subjects)) == 57
+    assert all(subjects.count(subject) == 2 for subject in set(subjects))
+    assert [s.sample_id.split("/")[1] for s in samples[:2]] == ["0", "1"]
+    # first_n: one block per subject, at the start of each prompt.
+    first, second = samples[0], samples[1]
+    assert first.shared_prefix and first.shared_prefix == second.shared_prefix
+    assert first.prompt.startswith(first.shared_prefix)
+    assert samples[2].shared_prefix != first.shared_prefix
+    # random exemplars differ per item: nothing is declared shared.
+    arc = load_samples(TASKS["arc_challenge"], DATA, 2, num_fewshot=5)
+    assert [s.shared_prefix for s in arc] == ["", ""]
