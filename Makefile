@@ -54,6 +54,7 @@ test-gpu: venv
 bench: venv
 	.venv/bin/python bench/ifeval_bench.py
 	.venv/bin/python bench/mc_bench.py
+	.venv/bin/python bench/fewshot_bench.py
 	.venv/bin/python bench/generation_bench.py
 	.venv/bin/python bench/handoff_bench.py
 	.venv/bin/python bench/api_bench.py

@@ -37,3 +37,11 @@ def reference_python(venv: Path, probe: str, *installs: list[str]) -> Path:
     finally:
         os.unlink(pin.name)
     return python
+
+
+def same_transformers() -> str:
+    """A pin on the transformers version tandem's own environment runs, so both sides
+    of a bench run the same model code."""
+    from importlib.metadata import version
+
+    return f"transformers=={version('transformers')}"

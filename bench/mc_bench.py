@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data"
 BENCH_VENV = REPO / ".venv-mcbench"
-LM_EVAL = "lm-eval==0.4.13"
+LM_EVAL = "lm-eval[hf]==0.4.13"  # [hf]: transformers, accelerate, peft
 SHARD = 32  # samples per loglikelihood call on the tandem side: the spec's default shard_size
 
 # lm-eval's arc_easy.yaml, pointed at the local test file (placeholders filled below).
@@ -210,7 +210,10 @@ def main() -> int:
 
     reference_python = str(
         _venv.reference_python(
-            BENCH_VENV, "import lm_eval, torch, transformers", [_venv.TORCH], [LM_EVAL]
+            BENCH_VENV,
+            "import lm_eval.models.huggingface",
+            [_venv.TORCH],
+            [LM_EVAL, _venv.same_transformers()],
         )
     )
     tandem_command = [sys.executable, script, "--side", "tandem", "--shard", str(args.shard)]

@@ -146,7 +146,8 @@ def load_samples(
     fewshot_seed: int | None = None,
 ) -> list[Sample]:
     """The first ``limit`` samples of a task (a fixed prefix, so runs stay comparable;
-    the first ``limit`` of each group for a task with ``limit_by``), each with its description and ``num_fewshot`` exemplars in front of its context
+    the first ``limit`` of each group for a task with ``limit_by``), each with its
+    description and ``num_fewshot`` exemplars in front of its context
     (``shared.tasks._fewshot``)."""
     from shared.tasks._fewshot import DEFAULT_SEED, apply_fewshot
 
