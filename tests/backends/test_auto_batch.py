@@ -71,7 +71,7 @@ def test_oom_halves_and_retries_the_same_items_in_order() -> None:
     backend = bare_decoder()
     seen: list[int] = []
 
-    def padded(items, max_new, stop):
+    def padded(items, max_new, stop, declared=0):
         seen.append(len(items))
         if len(items) > 2:
             raise RuntimeError("CUDA out of memory")
