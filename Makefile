@@ -55,6 +55,6 @@ bench: venv
 	.venv/bin/python bench/ifeval_bench.py
 	.venv/bin/python bench/mc_bench.py
 	.venv/bin/python bench/fewshot_bench.py
-	.venv/bin/python bench/generation_bench.py
+	.venv/bin/python bench/generation_bench.py --max-new-tokens 256 --skip lmeval1,naive
 	.venv/bin/python bench/handoff_bench.py
 	.venv/bin/python bench/api_bench.py

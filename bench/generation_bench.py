@@ -72,9 +72,14 @@ def worker_naive(job: dict) -> dict:
         return texts, tokens
 
     run(job["prompts"][:2], 4)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     texts, tokens = run(job["prompts"], job["max_new_tokens"])
-    return {"seconds": time.perf_counter() - started, "tokens": tokens, "texts": texts}
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu,
+        "tokens": tokens,
+        "texts": texts,
+    }
 
 
 def worker_lmeval(job: dict) -> dict:
@@ -99,14 +104,15 @@ def worker_lmeval(job: dict) -> dict:
         return lm.generate_until(requests, disable_tqdm=True)
 
     run(job["prompts"][:2], 4)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     texts = run(job["prompts"], job["max_new_tokens"])
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     tokens = sum(
         len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts
     )  # lm-eval returns text only; EOS tokens are not counted here
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "tokens": tokens,
         "texts": texts,
         "version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else "",
@@ -182,13 +188,15 @@ def run_tandem_hf(prompts: list[str], max_new: int, precision: str = "fp32") -> 
     backend = create_backend(RunSpec(tasks=("ifeval",), precision=precision))
     requests = [GenerationRequest(p, max_new) for p in prompts]
     backend.generate([GenerationRequest(p, 4) for p in prompts[:2]])  # warm-up
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     results = backend.generate(requests)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     size = max(r.batch_size for r in results)
     return {
         "seconds": seconds,
-        "tokens": sum(r.generated_tokens for r in results),
+        "cpu_seconds": cpu,
+        # Text tokens, as lm-eval's count: the EOS a row ended with is not text.
+        "tokens": sum(r.generated_tokens - (r.finish_reason == "eos") for r in results),
         "texts": [r.text for r in results],
     }, size
 
@@ -274,6 +282,7 @@ def main() -> None:
     os.environ["TANDEM_THREADS"] = str(threads)
     env = {**os.environ, "TANDEM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     skip = set(filter(None, args.skip.split(",")))
+    load_before = f"{os.getloadavg()[0]:.2f}"
     prompts, model = load_prompts(args.prompts, Path(args.data_dir))
     job = {
         "prompts": prompts,
@@ -318,12 +327,16 @@ def main() -> None:
     base = results["tandem-hf"]
     print(
         f"\n{len(prompts)} IFEval prompts, max_new_tokens={args.max_new_tokens}, "
-        f"fp32 CPU, {threads} thread(s), tandem batch size {batch_size}\n"
+        f"fp32 CPU, {threads} thread(s), tandem batch size {batch_size}, "
+        f"load average {load_before} at the start, {os.getloadavg()[0]:.2f} at the end\n"
     )
+    # CPU seconds (all threads of the timed process) move little with other work on the
+    # machine, unlike wall seconds: on a shared box, compare both speed-ups.
     print(
-        "| engine | seconds | gen tokens | tokens/s | tandem-hf speed-up | same text as tandem-hf |"
+        "| engine | seconds | CPU s | text tokens | tokens/s | tandem-hf speed-up (wall) "
+        "| (CPU) | same text as tandem-hf |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     summary = {}
     for name, got in results.items():
         rate = got["tokens"] / got["seconds"]
@@ -338,9 +351,17 @@ def main() -> None:
             "first_differences": [d for d in diffs if d is not None],
         }
         speedup = got["seconds"] / base["seconds"]
+        cpu = got.get("cpu_seconds")
+        cpu_cell = f"{cpu:.1f}" if cpu is not None else "-"
+        cpu_speedup = (
+            f"{cpu / base['cpu_seconds']:.2f}x"
+            if cpu is not None and "cpu_seconds" in base
+            else "-"
+        )
+        summary[name]["cpu_seconds"] = cpu
         print(
-            f"| {name} | {got['seconds']:.1f} | {got['tokens']} | {rate:.1f} | "
-            f"{speedup:.2f}x | {same}/{len(diffs)} |"
+            f"| {name} | {got['seconds']:.1f} | {cpu_cell} | {got['tokens']} | {rate:.1f} | "
+            f"{speedup:.2f}x | {cpu_speedup} | {same}/{len(diffs)} |"
         )
     if "tandem-vllm" in results and "raw-vllm" in results:
         ratio = results["raw-vllm"]["seconds"] / results["tandem-vllm"]["seconds"]
