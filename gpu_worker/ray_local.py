@@ -142,15 +142,21 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
+def submit_command(
+    head: RayHead | RayCluster, entrypoint: list[str], env: dict[str, str] | None = None
+) -> list[str]:
+    """The ``ray job submit`` command line for the entrypoint (run it with ``ray_env()``)."""
+    command = [ray_bin(), "job", "submit", "--address", head.dashboard_url]
+    if env:
+        command += ["--runtime-env-json", json.dumps({"env_vars": env})]
+    return [*command, "--", *entrypoint]
+
+
 def submit_job(
     head: RayHead | RayCluster, entrypoint: list[str], env: dict[str, str] | None = None
 ) -> int:
     """``ray job submit`` the entrypoint and stream its logs; returns the job's exit status."""
-    command = [ray_bin(), "job", "submit", "--address", head.dashboard_url]
-    if env:
-        command += ["--runtime-env-json", json.dumps({"env_vars": env})]
-    command += ["--", *entrypoint]
-    return subprocess.run(command, env=ray_env()).returncode
+    return subprocess.run(submit_command(head, entrypoint, env), env=ray_env()).returncode
 
 
 # --- several nodes on one machine -------------------------------------------------------
