@@ -246,9 +246,11 @@ def local_ray_cluster(
     with local_ray_head(num_cpus=head_num_cpus, timeout=timeout, resources=head_resources) as head:
         cluster = RayCluster(head)
         try:
+            # One at a time: a raylet gets a fixed 30 s to register with the GCS, which
+            # two starting at once on a small, busy machine can miss.
             for index, resources in enumerate(workers, start=1):
                 cluster.nodes.append(_start_node(head, index, resources, num_cpus_per_worker))
-            _wait_nodes(cluster, timeout)
+                _wait_nodes(cluster, timeout)
             yield cluster
         finally:
             for node in cluster.nodes:
