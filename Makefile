@@ -58,3 +58,4 @@ bench: venv
 	.venv/bin/python bench/generation_bench.py --max-new-tokens 256 --skip lmeval1,naive
 	.venv/bin/python bench/handoff_bench.py
 	.venv/bin/python bench/api_bench.py
+	.venv/bin/python bench/ray_bench.py

@@ -2,8 +2,11 @@
 
 ``tandem generate run.toml`` runs this, and so does ``ray job submit -- tandem
 generate run.toml`` (inside a Ray job, RAY_ADDRESS is set and shards go to actors:
-one per GPU with num_gpus=1, or CPU actors that split the node's cores). ``--local``
-runs the same shard code in-process, no Ray needed.
+one per GPU with num_gpus=1, one per unit of a custom resource when told
+``--ray-resource NAME``, or CPU actors that split the node's cores). ``--local`` runs
+the same shard code in-process, no Ray needed. A job over Ray leaves a record,
+``jobs/<job_id>.json``: the node each shard ran on, and every retried shard's failed
+attempts (node, reason).
 
 Shards are deterministic sample ranges, so a rerun lists what exists and does only
 what is missing: a crash costs at most one shard per worker.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import sys
 import time
@@ -32,7 +36,17 @@ from tqdm import tqdm
 from gpu_worker.environment import environment, utc_now
 from gpu_worker.models import describe_model
 from shared.errors import TandemError
-from shared.records import ChatInfo, Environment, ModelInfo, RunRecord, TaskPlan, WorkerInfo
+from shared.records import (
+    ChatInfo,
+    Environment,
+    JobRecord,
+    ModelInfo,
+    RunRecord,
+    ShardAttempt,
+    ShardPlacement,
+    TaskPlan,
+    WorkerInfo,
+)
 from shared.spec import RunSpec
 from shared.store import RUN_RECORD, ShardRef, Store
 from shared.tasks import TASKS, Sample, TaskDef, load_samples
@@ -190,9 +204,12 @@ def run_generation(
     data_dir: str | None = None,
     progress: bool = True,
     backend: Any = None,
+    ray_resource: str | None = None,
 ) -> JobResult:
     """Run (or resume) a generation job. ``local=None`` uses Ray when RAY_ADDRESS is set.
-    ``backend``: an already built backend to run in this process (``tandem.evaluate``)."""
+    ``backend``: an already built backend to run in this process (``tandem.evaluate``).
+    ``ray_resource``: on Ray, each actor asks for one unit of this custom resource
+    instead of a GPU (e.g. ``gpu_slot``, declared by ``ray start --resources``)."""
     store = Store(store_uri)
     store.check(writable=True, create=True)
     run_id, jobs, skipped, record = plan(spec, store, data_dir, backend)
@@ -210,10 +227,10 @@ def run_generation(
     started = time.perf_counter()
     if backend is not None:
         batches = _run_local(spec, store_uri, jobs, record, workers, progress, backend)
+    elif local:
+        batches = _run_local(spec, store_uri, jobs, record, workers, progress)
     else:
-        batches = (_run_local if local else _run_ray)(
-            spec, store_uri, jobs, record, workers, progress
-        )
+        batches = _run_ray(spec, store_uri, jobs, record, workers, progress, ray_resource)
     for stats in batches:
         result.stats.append(stats)
         result.shards_done += 1
@@ -278,6 +295,12 @@ class ShardActor:
         """What this replica resolved; the driver records it in run.json."""
         return self.worker
 
+    def node_id(self) -> str:
+        """The Ray node this replica runs on (answered once its backend has loaded)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def run(self, job: ShardJob) -> dict[str, Any]:
         from gpu_worker.shards import run_shard
 
@@ -296,10 +319,24 @@ class ShardActor:
         return stats
 
 
-def _actor_options(spec: RunSpec, workers: int | None) -> tuple[int, dict[str, Any]]:
+def _actor_options(
+    spec: RunSpec, workers: int | None, resource: str | None = None
+) -> tuple[int, dict[str, Any]]:
     import ray
 
     resources = ray.cluster_resources()
+    if resource:
+        # A custom resource stands for a GPU (or any slot the operator declared with
+        # `ray start --resources`): one actor per unit, wherever the units are.
+        slots = int(resources.get(resource, 0))
+        if slots < 1:
+            have = ", ".join(sorted(k for k in resources if not k.startswith("node:")))
+            raise TandemError(
+                f"--ray-resource {resource}: the cluster has no {resource!r} resource "
+                f"(it has: {have}); start its nodes with "
+                f"`ray start --resources '{{\"{resource}\": 1}}'`"
+            )
+        return workers or slots, {"num_cpus": 1, "resources": {resource: 1}}
     gpus = int(resources.get("GPU", 0))
     if gpus and spec.device != "cpu":
         count = workers or gpus
@@ -321,93 +358,194 @@ def _init_error(error: Exception) -> str:
     return text.strip().splitlines()[-1] if text.strip() else repr(error)
 
 
-def _run_ray(spec, store_uri, jobs, record, workers, progress):
+def _failure_reason(error: Exception) -> str:
+    """Why an attempt failed, in the words the job record uses."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    if isinstance(error, ActorUnavailableError):
+        return "worker unavailable"
+    if isinstance(error, RayActorError):
+        return "node died" if "node has died" in str(error) else "worker died"
+    return "failed"
+
+
+def _first_lines(error: Exception, lines: int = 4) -> str:
+    return "\n".join(str(error).strip().splitlines()[:lines])[:600]
+
+
+def _run_ray(spec, store_uri, jobs, record, workers, progress, resource=None):
     """Shards spread over a pool of actors, each taking the next shard when it is free.
 
-    A shard whose actor dies goes back to the front of the queue and runs on the next
-    free actor; the dead actor is replaced by a fresh one (Ray places it wherever the
-    resources are, so a lost GPU node's share moves elsewhere). A shard that fails
+    A shard whose actor dies goes to the back of the queue and runs on a live actor;
+    the dead actor is replaced by a fresh one (Ray places it wherever the
+    resources are, so a lost GPU node's share moves elsewhere). A replacement takes
+    shards only once it is up: until then the survivors drain the queue, so a cluster
+    that lost a node's resources for good still finishes. A shard that fails
     MAX_ATTEMPTS times stops the job; what was published stays, so a rerun resumes.
+    The job's record (``jobs/<job_id>.json``) says where each shard ran and why any was
+    retried.
     """
     try:
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayActorError
     except ImportError as error:
         raise TandemError(
             "running over Ray needs ray: pip install 'tandem-eval[worker]'"
         ) from error
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
-    count, options = _actor_options(spec, workers)
+    count, options = _actor_options(spec, workers, resource)
     count = min(count, len(jobs))
     # No Ray-level restarts: a restarted actor would take new shards while reloading
     # the model, and its lost shard would be retried on the same node. We replace dead
     # actors ourselves, up to a budget, so a crash loop cannot run forever.
     actor_class = ray.remote(max_restarts=0, max_task_retries=0)(ShardActor)
+    job_record = JobRecord(
+        run_id=record.run_id,
+        job_id=f"{utc_now().replace(':', '').replace('-', '')[:15]}Z-{secrets.token_hex(3)}",
+        started_at=utc_now(),
+        placement={k: v for k, v in options.items() if k != "runtime_env"},
+    )
 
     def new_actor():
+        job_record.actors_started += 1
         return actor_class.options(**options).remote(spec, store_uri, record)
 
-    idle = [new_actor() for _ in range(count)]
+    actors = [new_actor() for _ in range(count)]
     # Every replica loads its backend before anything is written: a backend that cannot
     # load stops the job here, with nothing in the store.
     try:
-        infos = ray.get([actor.info.remote() for actor in idle])
+        infos = ray.get([actor.info.remote() for actor in actors])
+        node_ids = ray.get([actor.node_id.remote() for actor in actors])
     except RayActorError as error:
         if error.actor_init_failed:
             raise TandemError(f"a worker could not start: {_init_error(error)}") from None
         raise TandemError(f"a worker died while loading its backend: {error}") from error
     from shared.records import distinct_workers
 
-    start_run(Store(store_uri), record, distinct_workers(infos))
-    replacements_left = MAX_ATTEMPTS * count
+    store = Store(store_uri)
+    start_run(store, record, distinct_workers(infos))
     print(
         f"ray: {count} actor(s) with {options.get('num_gpus', 0)} GPU / "
-        f"{options['num_cpus']} CPU each",
+        f"{options['num_cpus']} CPU / {options.get('resources') or 'no custom resource'} each",
         file=sys.stderr,
     )
+    try:
+        yield from _drive(ray, jobs, actors, node_ids, new_actor, job_record, progress, count)
+    except BaseException as error:
+        job_record.status = "failed"
+        job_record.error = _first_lines(error) if isinstance(error, Exception) else "stopped"
+        raise
+    finally:
+        job_record.finished_at = utc_now()
+        store.publish_job(job_record)
+
+
+def _drive(ray, jobs, actors, node_ids, new_actor, job_record, progress, count):
+    from ray.exceptions import RayActorError, RayTaskError
+
+    node_of = dict(zip(actors, node_ids, strict=True))
+    idle = list(actors)
+    starting: dict[Any, Any] = {}  # node_id() ref of a replacement -> the actor
+    replacements_left = MAX_ATTEMPTS * count
     queue = list(jobs)
-    attempts: dict[str, int] = {}
+    failures: dict[str, list[ShardAttempt]] = {}
     in_flight: dict[Any, tuple[Any, ShardJob]] = {}
 
-    def failed(job: ShardJob, what: str, error: Exception) -> None:
+    def failed(job: ShardJob, actor: Any, error: Exception) -> None:
         key = f"{job.task}/{job.ref.name}"
-        attempts[key] = attempts.get(key, 0) + 1
-        if attempts[key] >= MAX_ATTEMPTS:
-            raise TandemError(f"shard {key}: {what} {MAX_ATTEMPTS} times: {error}") from error
-        print(f"shard {key}: {what} ({type(error).__name__}); retrying", file=sys.stderr)
+        reason = _failure_reason(error)
+        tries = failures.setdefault(key, [])
+        tries.append(
+            ShardAttempt(
+                attempt=len(tries) + 1,
+                node_id=node_of.get(actor, ""),
+                reason=reason,
+                error=_first_lines(error),
+            )
+        )
+        if len(tries) >= MAX_ATTEMPTS:
+            job_record.shards.append(
+                ShardPlacement(
+                    task=job.task,
+                    shard=job.ref.name,
+                    attempts=len(tries),
+                    node_id="",
+                    failures=tries,
+                )
+            )
+            raise TandemError(f"shard {key}: {reason} {MAX_ATTEMPTS} times: {error}") from error
+        print(f"shard {key}: {reason} ({type(error).__name__}); retrying", file=sys.stderr)
 
-    with _progress(jobs, progress) as bar:
-        while queue or in_flight:
-            while queue and idle:
-                actor = idle.pop(0)
-                job = queue.pop(0)
-                in_flight[actor.run.remote(job)] = (actor, job)
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            actor, job = in_flight.pop(done[0])
-            try:
-                stats = ray.get(done[0])
-            except RayActorError as error:  # the process died: OOM-killed, node lost, ...
-                if error.actor_init_failed:
-                    # Its backend could not be built (bad spec, missing extra): every
-                    # replica would fail the same way, so say why instead of retrying.
-                    raise TandemError(f"a worker could not start: {_init_error(error)}") from None
-                failed(job, "worker died", error)
-                queue.insert(0, job)  # next free actor, not the dead one
-                ray.kill(actor, no_restart=True)
-                if replacements_left <= 0:
-                    raise TandemError(
-                        f"{MAX_ATTEMPTS * count} workers died; giving up (rerun to resume)"
-                    ) from error
-                replacements_left -= 1
-                idle.append(new_actor())
-            except RayTaskError as error:
-                if isinstance(error.cause, TandemError):
-                    raise error.cause from None
-                failed(job, "failed", error)
-                queue.append(job)
-                idle.append(actor)
-            else:
-                bar.update(len(job.samples))
-                idle.append(actor)
-                yield stats
+    def replace(actor: Any, error: Exception) -> None:
+        nonlocal replacements_left
+        ray.kill(actor, no_restart=True)
+        if replacements_left <= 0:
+            raise TandemError(
+                f"{MAX_ATTEMPTS * count} workers died; giving up (rerun to resume)"
+            ) from error
+        replacements_left -= 1
+        fresh = new_actor()
+        starting[fresh.node_id.remote()] = fresh
+
+    try:
+        with _progress(jobs, progress) as bar:
+            while queue or in_flight:
+                while queue and idle:
+                    actor = idle.pop(0)
+                    job = queue.pop(0)
+                    in_flight[actor.run.remote(job)] = (actor, job)
+                waiting = [*in_flight, *starting]
+                if not waiting:
+                    raise TandemError("no worker is left to run the remaining shards")
+                done, _ = ray.wait(waiting, num_returns=1)
+                if done[0] in starting:
+                    actor = starting.pop(done[0])
+                    try:
+                        node_of[actor] = ray.get(done[0])
+                    except RayActorError as error:
+                        if error.actor_init_failed:
+                            raise TandemError(
+                                f"a worker could not start: {_init_error(error)}"
+                            ) from None
+                        replace(actor, error)
+                    else:
+                        idle.append(actor)
+                    continue
+                actor, job = in_flight.pop(done[0])
+                try:
+                    stats = ray.get(done[0])
+                except RayActorError as error:  # the process died: OOM-killed, node lost...
+                    if error.actor_init_failed:
+                        raise TandemError(
+                            f"a worker could not start: {_init_error(error)}"
+                        ) from None
+                    failed(job, actor, error)
+                    # Last in line: if this shard is what kills workers, every other
+                    # shard is done before it can use up the attempts.
+                    queue.append(job)
+                    replace(actor, error)
+                except RayTaskError as error:
+                    if isinstance(error.cause, TandemError):
+                        raise error.cause from None
+                    failed(job, actor, error)
+                    queue.append(job)
+                    idle.append(actor)
+                else:
+                    bar.update(len(job.samples))
+                    idle.append(actor)
+                    tries = failures.get(f"{job.task}/{job.ref.name}", [])
+                    job_record.shards.append(
+                        ShardPlacement(
+                            task=job.task,
+                            shard=job.ref.name,
+                            node_id=node_of.get(actor, ""),
+                            attempts=len(tries) + 1,
+                            failures=tries,
+                        )
+                    )
+                    stats["node_id"] = node_of.get(actor, "")
+                    yield stats
+    finally:
+        for actor in starting.values():  # replacements no shard needed any more
+            ray.kill(actor, no_restart=True)

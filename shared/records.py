@@ -13,6 +13,9 @@ Versions:
   what each generation worker resolved and ran on (precision, dtype, device, engine,
   host), read from the worker after its backend loaded. v1 files read with ``workers``
   empty. Records written by hand (no ``schema`` key) read as v1.
+* ``tandem.job`` v1 (``jobs/<job_id>.json``, one per generation job over Ray): where
+  each shard ran, and every shard that had to be retried, with each failed attempt's
+  node and reason.
 * ``tandem.profile`` v1 (``profile.json``, written by ``tandem profile``): latency at
   batch 1 per prompt length, throughput at the backend's batch size, peak memory.
 * ``tandem.summary`` v1: metrics, counts and telemetry per task; ``precision`` was the
@@ -34,6 +37,7 @@ from shared.errors import TandemError
 RUN_SCHEMA, RUN_VERSION = "tandem.run", 2
 SUMMARY_SCHEMA, SUMMARY_VERSION = "tandem.summary", 2
 PROFILE_SCHEMA, PROFILE_VERSION = "tandem.profile", 1
+JOB_SCHEMA, JOB_VERSION = "tandem.job", 1
 
 
 class _Record(BaseModel):
@@ -254,6 +258,52 @@ class ProfileRecord(_Record):
         return self.model_dump(mode="json", by_alias=True)
 
 
+class ShardAttempt(_Record):
+    """One failed attempt at a shard."""
+
+    attempt: int = Field(description="1 for the first try")
+    node_id: str = Field("", description="the Ray node it ran on ('' when unknown)")
+    reason: str = Field(description="node died, worker died, worker unavailable or failed")
+    error: str = Field("", description="the error's first lines")
+
+
+class ShardPlacement(_Record):
+    """Where one shard was finally generated, after how many attempts."""
+
+    task: str
+    shard: str
+    node_id: str = ""
+    attempts: int = 1
+    failures: list[ShardAttempt] = Field(default_factory=list)
+
+
+class JobRecord(_Record):
+    """``jobs/<job_id>.json``: one generation job over Ray -- where its shards ran and what
+    was retried. Written when the job ends (done or failed); a resumed run adds a job."""
+
+    schema_name: Literal["tandem.job"] = Field("tandem.job", alias="schema")
+    schema_version: int = JOB_VERSION
+    run_id: str
+    job_id: str
+    started_at: str = ""
+    finished_at: str = ""
+    status: str = Field("done", description="done or failed")
+    error: str | None = None
+    placement: dict[str, Any] = Field(
+        default_factory=dict, description="what each actor asked for: num_gpus, resources"
+    )
+    actors_started: int = Field(0, description="replacements for dead actors included")
+    shards: list[ShardPlacement] = Field(default_factory=list)
+
+    @property
+    def retried(self) -> list[ShardPlacement]:
+        """The shards that needed more than one attempt."""
+        return [s for s in self.shards if s.failures]
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
 class SweepCheckpoint(_Record):
     """One checkpoint of a sweep: its run, and whether it kept to the budget."""
 
@@ -360,6 +410,13 @@ def read_profile(data: bytes | str | Any, source: str = "profile.json") -> Profi
     data = dict(_load(data, source))
     _check_version(data, source, PROFILE_SCHEMA, PROFILE_VERSION)
     return _validate(ProfileRecord, data, source)
+
+
+def read_job(data: bytes | str | Any, source: str = "job.json") -> JobRecord:
+    """A jobs/<job_id>.json of any known version."""
+    data = dict(_load(data, source))
+    _check_version(data, source, JOB_SCHEMA, JOB_VERSION)
+    return _validate(JobRecord, data, source)
 
 
 def read_sweep(data: bytes | str | Any, source: str = "sweep.json") -> SweepRecord:

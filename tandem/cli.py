@@ -68,6 +68,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         workers=args.workers,
         data_dir=args.data_dir,
         progress=not args.quiet,
+        ray_resource=args.ray_resource,
     )
     print(
         f"run {result.run_id}: {_job_line(result)}; {result.shards_skipped} shard(s) already done"
@@ -415,7 +416,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--workers",
         type=_positive,
-        help="number of Ray actors (default: one per GPU, or 1 on CPU)",
+        help="number of Ray actors (default: one per GPU, or per unit of --ray-resource, "
+        "or 1 on CPU)",
+    )
+    gen.add_argument(
+        "--ray-resource",
+        metavar="NAME",
+        help="on Ray, each actor asks for one unit of this custom resource instead of a "
+        "GPU (nodes declare it: ray start --resources '{\"NAME\": 1}')",
     )
     gen.add_argument(
         "--data-dir",

@@ -2,11 +2,16 @@
 
 Responses and log-probs are pure functions of the request text, so tests can check
 resume, sharding and scoring without loading weights. Select with backend = "fake".
+
+``engine_kwargs = { seconds_per_request = 0.5 }`` makes each call sleep that long per
+request: a shard then takes long enough to kill its worker mid-job, or to measure
+scheduling (bench/ray_bench.py) without any model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 from gpu_worker.backends.base import (
@@ -20,6 +25,7 @@ from gpu_worker.backends.base import (
 )
 from gpu_worker.hardware import device_name, host_name
 from gpu_worker.precision import Platform
+from shared.errors import TandemError
 from shared.spec import RunSpec
 
 _WORDS = "the model answers every question with these few plain words only".split()
@@ -41,6 +47,13 @@ class FakeBackend:
         self.spec = spec
         self.calls: list[tuple[str, int]] = []
         self._batch_sizes: list[int] = []
+        self.seconds_per_request = _seconds_per_request(spec.engine_kwargs)
+
+    def _work(self, kind: str, count: int) -> None:
+        self.calls.append((kind, count))
+        self._batch_sizes.append(count)
+        if self.seconds_per_request:
+            time.sleep(self.seconds_per_request * count)
 
     def take_telemetry(self) -> dict[str, Any]:
         """Batch sizes since the last call; the fake computes nothing, so no phase takes
@@ -55,8 +68,7 @@ class FakeBackend:
         return f"<|user|>{prompt}<|assistant|>" if chat else prompt
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        self.calls.append(("generate", len(requests)))
-        self._batch_sizes.append(len(requests))
+        self._work("generate", len(requests))
         results = []
         for request in requests:
             digest = _digest(request.prompt)
@@ -79,8 +91,7 @@ class FakeBackend:
         return results
 
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
-        self.calls.append(("loglikelihood", len(requests)))
-        self._batch_sizes.append(len(requests))
+        self._work("loglikelihood", len(requests))
         results = []
         for request in requests:
             digest = _digest(request.context + "\x00" + request.continuation)
@@ -97,8 +108,7 @@ class FakeBackend:
         return results
 
     def loglikelihood_rolling(self, requests: list[RollingRequest]) -> list[RollingResult]:
-        self.calls.append(("rolling", len(requests)))
-        self._batch_sizes.append(len(requests))
+        self._work("rolling", len(requests))
         return [
             RollingResult(logprob=-2.0 * len(r.text.split()), tokens=max(1, len(r.text.split())))
             for r in requests
@@ -117,6 +127,19 @@ class FakeBackend:
             host=host_name(),
             batch_size=str(self.spec.generation.batch_size),
         ).as_dict()
+
+
+def _seconds_per_request(engine_kwargs: dict[str, Any]) -> float:
+    unknown = sorted(set(engine_kwargs) - {"seconds_per_request"})
+    if unknown:
+        raise TandemError(
+            f"engine_kwargs {unknown[0]!r} is not a fake-backend setting; "
+            "it takes only seconds_per_request (a number >= 0)"
+        )
+    value = engine_kwargs.get("seconds_per_request", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise TandemError(f"engine_kwargs seconds_per_request must be a number >= 0, got {value!r}")
+    return float(value)
 
 
 def create(spec: RunSpec) -> FakeBackend:

@@ -5,6 +5,8 @@
     runs/<run_id>/run.json                                 the run record, written once
     runs/<run_id>/summary.json                             aggregates, rewritten as scores land
     runs/<run_id>/profile.json                             latency/throughput (tandem profile)
+    runs/<run_id>/jobs/<job_id>.json                       a Ray generation job: placement,
+                                                           retried shards
     runs/<run_id>/generations/<task>/<shard>.parquet       written by workers
     runs/<run_id>/scores/<task>/<shard>.parquet            written by scorers, one per shard
     runs/<run_id>/quarantine/<task>/<shard>.parquet        a generation shard that is bad
@@ -38,6 +40,7 @@ SWEEP_RECORD = "sweep.json"
 RUN_RECORD = "run.json"
 SUMMARY = "summary.json"
 PROFILE = "profile.json"
+JOBS = "jobs"  # one record per generation job over Ray (not a task folder kind)
 
 # The folder kinds under a run; each holds one folder per task.
 GENERATIONS = "generations"

@@ -24,10 +24,12 @@ import pyarrow.parquet as pq
 from shared import atomic
 from shared.errors import TandemError
 from shared.records import (
+    JobRecord,
     ProfileRecord,
     RunRecord,
     Summary,
     SweepRecord,
+    read_job,
     read_profile,
     read_run_record,
     read_summary,
@@ -38,6 +40,7 @@ from shared.store._layout import (
     CLAIMS,
     ERROR_SUFFIX,
     GENERATIONS,
+    JOBS,
     PROFILE,
     QUARANTINE,
     RUN_PROBLEMS,
@@ -333,6 +336,22 @@ class Store:
 
     def publish_profile(self, profile: ProfileRecord) -> None:
         self.publish_json(self.run_path(profile.run_id, PROFILE), profile.as_json())
+
+    def publish_job(self, record: JobRecord) -> None:
+        """Write a generation job's record (``jobs/<job_id>.json``)."""
+        self.publish_json(self._job_path(record.run_id, record.job_id), record.as_json())
+
+    def jobs(self, run_id: str) -> list[JobRecord]:
+        """The run's job records, oldest first (job ids start with their UTC start time)."""
+        folder = self.run_path(run_id, JOBS)
+        names = sorted(n for n in self.list_names(folder) if n.endswith(".json"))
+        return [
+            read_job(self.read_bytes(f"{folder}/{name}"), self.relative(f"{folder}/{name}"))
+            for name in names
+        ]
+
+    def _job_path(self, run_id: str, job_id: str) -> str:
+        return self.run_path(run_id, JOBS, f"{check_run_id(job_id)}.json")
 
     # ---- sweeps --------------------------------------------------------------------------
     def sweep_path(self, name: str) -> str:
