@@ -20,7 +20,9 @@ from typing import Any
 from shared.errors import TandemError
 from shared.jsonl import read_jsonl, require_fields
 
-# Below this many responses a progress bar is only noise.
+# Below this many responses a progress bar is only noise. It is drawn only on a terminal:
+# in a log or a pipe it is noise too, and importing tqdm costs more (~0.05 s) than
+# scoring a few hundred responses.
 _PROGRESS_MIN = 1000
 
 
@@ -55,7 +57,8 @@ def run(
         items.append((prompt, response, row["instruction_id_list"], row["kwargs"]))
         keys.append(row["key"])
 
-    progress = _Progress(len(items)) if len(items) >= _PROGRESS_MIN else None
+    show = len(items) >= _PROGRESS_MIN and sys.stderr is not None and sys.stderr.isatty()
+    progress = _Progress(len(items)) if show else None
     started = time.perf_counter()
     try:
         verdicts = ifeval.evaluate_many(items, workers=workers, progress=progress)
