@@ -36,6 +36,7 @@ def run(
 ) -> int:
     """Score ``responses`` against ``input_data``; write verdicts to ``output`` (and the
     four metrics to ``summary``, else to stderr). Every input is validated first."""
+    begun = time.perf_counter()
     from cpu_scorer import ifeval
 
     if workers is not None and workers < 1:
@@ -66,11 +67,6 @@ def run(
         if progress:
             progress.close()
     seconds = time.perf_counter() - started
-    print(
-        f"scored {len(verdicts)} responses in {seconds:.2f} s "
-        f"({len(verdicts) / seconds if seconds else 0.0:.0f} rows/s)",
-        file=sys.stderr,
-    )
 
     out_lines = []
     for (_number, line), key, item, verdict in zip(lines, keys, items, verdicts, strict=True):
@@ -89,6 +85,15 @@ def run(
             )
         )
     _write_atomically(output, "".join(f"{line}\n" for line in out_lines))
+    # Both rates: scoring alone (models loaded on first use included), and the command's
+    # whole work from reading the inputs to the verdict file being in place.
+    whole = time.perf_counter() - begun
+    print(
+        f"scored {len(verdicts)} responses in {seconds:.2f} s ({_rate(len(verdicts), seconds)}"
+        f" rows/s); {whole:.2f} s with reading, checking and writing"
+        f" ({_rate(len(verdicts), whole)} rows/s)",
+        file=sys.stderr,
+    )
 
     answered = set(keys)
     unanswered = sorted(row["key"] for row in inputs.values() if row["key"] not in answered)
@@ -111,6 +116,10 @@ def run(
         for name, value in metrics.items():
             print(f"{name}: {value:.4f}", file=sys.stderr)
     return 0
+
+
+def _rate(rows: int, seconds: float) -> str:
+    return f"{rows / seconds:.0f}" if seconds > 0 else "-"
 
 
 def _field(path: Path, number: int, line: dict[str, Any], name: str) -> Any:
