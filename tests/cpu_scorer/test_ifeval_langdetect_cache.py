@@ -181,3 +181,34 @@ def test_the_scorer_reads_the_cache_named_by_tandem_cache(
         _langdetect._model.cache_clear()
     assert len(cached_files(tmp_path / "elsewhere" / "langdetect")) == 1
     assert model.langs and len(model.row_of) > 80_000
+
+
+def test_tandem_ifeval_with_an_unwritable_cache_scores_and_warns_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    prompt = "Answer in English."
+    row = {
+        "key": 1,
+        "prompt": prompt,
+        "instruction_id_list": ["language:response_language"],
+        "kwargs": [{"language": "en"}],
+    }
+    (tmp_path / "in.jsonl").write_text(json.dumps(row) + "\n")
+    answers = [{"prompt": prompt, "response": "This is plainly an English sentence."}] * 600
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+    command = [sys.executable, "-m", "tandem", "ifeval", "--input-data", str(tmp_path / "in.jsonl")]
+    command += ["--responses", str(tmp_path / "r.jsonl"), "--output", str(tmp_path / "v.jsonl")]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TANDEM_CACHE": str(blocker / "c")}
+    result = subprocess.run(
+        [*command, "--workers", "2"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    verdicts = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert len(verdicts) == 600 and all(v["inst_level_strict_acc"] == [True] for v in verdicts)
+    warnings = [line for line in result.stderr.splitlines() if "not cached" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "Traceback" not in result.stderr
