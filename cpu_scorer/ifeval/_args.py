@@ -235,7 +235,8 @@ class Args:
             if name not in cls.FIELDS:
                 from shared.errors import did_you_mean
 
-                problems.append(f"unknown kwarg {name!r}{did_you_mean(name, cls.FIELDS)}")
+                hint = did_you_mean(name, cls.FIELDS) if isinstance(name, str) else ""
+                problems.append(f"unknown kwarg {name!r}{hint}")
         if problems:
             raise ArgsError(problems)
         args = cls(**values)

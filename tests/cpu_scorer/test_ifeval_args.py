@@ -225,3 +225,8 @@ def test_args_survive_pickling_for_worker_processes() -> None:
         instruction, args = parse_args(instruction_id, kwargs)
         copy = pickle.loads(pickle.dumps((instruction, args)))
         assert copy == (instruction, args) and repr(copy[1]) == repr(args)
+
+
+def test_a_kwarg_name_that_is_not_text_is_a_clear_error() -> None:
+    message = error_of("punctuation:no_comma", {1: "x"})
+    assert "unknown kwarg 1" in message
