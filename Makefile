@@ -52,6 +52,7 @@ test-gpu: venv
 	.venv/bin/python -m pytest -m gpu -p no:cacheprovider
 
 bench: venv
+	.venv/bin/python bench/cli_bench.py
 	.venv/bin/python bench/ifeval_bench.py
 	.venv/bin/python bench/mc_bench.py
 	.venv/bin/python bench/fewshot_bench.py

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpu_worker import tokens as token_rules
+from shared.cache import cache_root
 from shared.errors import TandemError
 from shared.spec import EMBEDDED_MODEL, RunSpec
 
@@ -31,13 +32,6 @@ class ResolvedModel:
     model_id: str
     revision: str
     file_sha256: str
-
-
-def cache_root() -> Path:
-    root = os.environ.get("TANDEM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tandem"
-    )
-    return Path(root)
 
 
 def embedded_gguf() -> Path:

@@ -20,7 +20,9 @@ from typing import Any
 from shared.errors import TandemError
 from shared.jsonl import read_jsonl, require_fields
 
-# Below this many responses a progress bar is only noise.
+# Below this many responses a progress bar is only noise. It is drawn only on a terminal:
+# in a log or a pipe it is noise too, and importing tqdm costs more (~0.05 s) than
+# scoring a few hundred responses.
 _PROGRESS_MIN = 1000
 
 
@@ -34,6 +36,7 @@ def run(
 ) -> int:
     """Score ``responses`` against ``input_data``; write verdicts to ``output`` (and the
     four metrics to ``summary``, else to stderr). Every input is validated first."""
+    begun = time.perf_counter()
     from cpu_scorer import ifeval
 
     if workers is not None and workers < 1:
@@ -55,7 +58,8 @@ def run(
         items.append((prompt, response, row["instruction_id_list"], row["kwargs"]))
         keys.append(row["key"])
 
-    progress = _Progress(len(items)) if len(items) >= _PROGRESS_MIN else None
+    show = len(items) >= _PROGRESS_MIN and sys.stderr is not None and sys.stderr.isatty()
+    progress = _Progress(len(items)) if show else None
     started = time.perf_counter()
     try:
         verdicts = ifeval.evaluate_many(items, workers=workers, progress=progress)
@@ -63,11 +67,6 @@ def run(
         if progress:
             progress.close()
     seconds = time.perf_counter() - started
-    print(
-        f"scored {len(verdicts)} responses in {seconds:.2f} s "
-        f"({len(verdicts) / seconds if seconds else 0.0:.0f} rows/s)",
-        file=sys.stderr,
-    )
 
     out_lines = []
     for (_number, line), key, item, verdict in zip(lines, keys, items, verdicts, strict=True):
@@ -86,6 +85,15 @@ def run(
             )
         )
     _write_atomically(output, "".join(f"{line}\n" for line in out_lines))
+    # Both rates: scoring alone (models loaded on first use included), and the command's
+    # whole work from reading the inputs to the verdict file being in place.
+    whole = time.perf_counter() - begun
+    print(
+        f"scored {len(verdicts)} responses in {seconds:.2f} s ({_rate(len(verdicts), seconds)}"
+        f" rows/s); {whole:.2f} s with reading, checking and writing"
+        f" ({_rate(len(verdicts), whole)} rows/s)",
+        file=sys.stderr,
+    )
 
     answered = set(keys)
     unanswered = sorted(row["key"] for row in inputs.values() if row["key"] not in answered)
@@ -108,6 +116,10 @@ def run(
         for name, value in metrics.items():
             print(f"{name}: {value:.4f}", file=sys.stderr)
     return 0
+
+
+def _rate(rows: int, seconds: float) -> str:
+    return f"{rows / seconds:.0f}" if seconds > 0 else "-"
 
 
 def _field(path: Path, number: int, line: dict[str, Any], name: str) -> Any:

@@ -6,12 +6,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
 from cpu_scorer.ifeval import _langdetect
-from cpu_scorer.ifeval._args import RELATIONS, Args
+from cpu_scorer.ifeval._args import Args, ArgsError
 from cpu_scorer.ifeval._checkers import INSTRUCTIONS, Instruction
-from shared.errors import TandemError, did_you_mean, unknown_name
+from shared.errors import TandemError, unknown_name
 
 METRICS = (
     "prompt_level_strict_acc",
@@ -86,28 +84,12 @@ def _parse_args(instruction_id: str, kwargs: Mapping[str, Any]) -> tuple[Instruc
         )
     given = {key: value for key, value in kwargs.items() if value is not None}
     try:
-        return instruction, instruction.args.model_validate(given)
-    except ValidationError as error:
-        raise TandemError(_explain(instruction_id, instruction.args, error)) from error
-
-
-def _explain(instruction_id: str, model: type[Args], error: ValidationError) -> str:
-    allowed = list(model.model_fields)
-    problems = []
-    for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else ""
-        value = item.get("input")
-        if item["type"] == "extra_forbidden":
-            problems.append(f"unknown kwarg {field!r}{did_you_mean(field, allowed)}")
-        elif item["type"] == "missing":
-            problems.append(f"missing kwarg {field!r}")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            hint = did_you_mean(value, RELATIONS) if item["type"] == "literal_error" else ""
-            where = f"kwarg {field!r}" if field else "kwargs"
-            problems.append(f"{where} = {value!r}: {message}{hint}")
-    takes = ", ".join(allowed) if allowed else "none"
-    return f"{instruction_id}: {'; '.join(problems)} (kwargs it takes: {takes})"
+        return instruction, instruction.args.validate(given)
+    except ArgsError as error:
+        takes = ", ".join(instruction.args.FIELDS) or "none"
+        raise TandemError(
+            f"{instruction_id}: {'; '.join(error.problems)} (kwargs it takes: {takes})"
+        ) from error
 
 
 def prepare(response: str, instruction_id_list: Sequence[str], kwargs: Sequence[Any]) -> Task:

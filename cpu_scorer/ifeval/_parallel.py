@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from cpu_scorer.ifeval import _evaluate, _langdetect, _text
@@ -66,6 +64,11 @@ def judge_all(
     shares = [_batches(tasks[i : i + share]) for i in range(0, len(tasks), share)]
     if len(shares) <= 1:  # models load on first use, if at all
         return _judge_batches(shares[0] if shares else [], progress)
+    # Only here: multiprocessing and concurrent.futures cost ~0.02-0.04 s to import, more
+    # than judging a few hundred responses.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     _load_models()  # before forking, so that the workers share them
     # This process judges the first share while workers judge the others: one process
     # fewer holding the models. fork shares the loaded models and starts in
@@ -103,4 +106,6 @@ def _judge_batches(
 
 
 def _can_fork() -> bool:
+    import multiprocessing
+
     return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1

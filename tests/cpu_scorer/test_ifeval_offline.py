@@ -39,15 +39,18 @@ verdict = evaluate(
         {"language": "en"},
     ],
 )
+# What scoring loaded, before this script imports nltk itself (a whole ``import nltk``
+# brings scipy when it is installed; the scorer imports only nltk's tokenizer modules).
+heavy = sorted({"torch", "transformers", "ray", "vllm", "scipy"} & set(sys.modules))
+whole_nltk = "nltk" in sys.modules
 import nltk
 try:
     nltk.data.find("tokenizers/punkt_tab/english/")
     punkt_tab_installed = True
 except LookupError:
     punkt_tab_installed = False
-heavy = sorted({"torch", "transformers", "ray", "vllm", "scipy"} & set(sys.modules))
 print(json.dumps({"light": light, "strict": verdict.strict, "heavy": heavy,
-                  "punkt_tab_installed": punkt_tab_installed}))
+                  "whole_nltk": whole_nltk, "punkt_tab_installed": punkt_tab_installed}))
 """
 
 
@@ -66,3 +69,4 @@ def test_scores_offline_without_nltk_data_and_without_torch(tmp_path: Path) -> N
     # (Dr., Smith... are not); 13 words ("U.S." is two); English.
     assert report["strict"] == [True, True, True, True]
     assert report["heavy"] == []
+    assert report["whole_nltk"] is False  # only the tokenizers' modules, not all of nltk
