@@ -5,10 +5,16 @@ Ray on a single machine binds to the host's network address even when told
 every Ray service stays on loopback. The head runs with ``--block`` in its own process
 group, so stopping it kills exactly this head, never another Ray on the machine
 (``ray stop`` would stop them all).
+
+``local_ray_cluster`` adds worker nodes on the same machine, each its own ``ray start
+--block`` process group with its own ports and resources (a custom resource such as
+``{"gpu_slot": 1}`` stands in for a GPU), all under the head's temp dir. A node's
+raylet can be SIGKILLed to play a lost machine.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,7 +26,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import TandemError
@@ -60,7 +66,11 @@ class RayHead:
 
 
 @contextmanager
-def local_ray_head(num_cpus: int | None = None, timeout: float = 90.0) -> Iterator[RayHead]:
+def local_ray_head(
+    num_cpus: int | None = None,
+    timeout: float = 90.0,
+    resources: dict[str, float] | None = None,
+) -> Iterator[RayHead]:
     """Start a Ray head on 127.0.0.1 with a temp dir of its own; stop and clean up after."""
     # Short path: Ray's unix socket paths must stay under ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="tandem-ray-", dir="/tmp")
@@ -84,6 +94,8 @@ def local_ray_head(num_cpus: int | None = None, timeout: float = 90.0) -> Iterat
     ]
     if num_cpus:
         command.append(f"--num-cpus={num_cpus}")
+    if resources:
+        command.append(f"--resources={json.dumps(resources)}")
     log_path = Path(temp_dir) / "head.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
@@ -130,12 +142,201 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
-def submit_job(head: RayHead, entrypoint: list[str], env: dict[str, str] | None = None) -> int:
+def submit_job(
+    head: RayHead | RayCluster, entrypoint: list[str], env: dict[str, str] | None = None
+) -> int:
     """``ray job submit`` the entrypoint and stream its logs; returns the job's exit status."""
     command = [ray_bin(), "job", "submit", "--address", head.dashboard_url]
     if env:
-        import json
-
         command += ["--runtime-env-json", json.dumps({"env_vars": env})]
     command += ["--", *entrypoint]
     return subprocess.run(command, env=ray_env()).returncode
+
+
+# --- several nodes on one machine -------------------------------------------------------
+
+
+@dataclass
+class RayNode:
+    """One worker node of a ``local_ray_cluster``: a ``ray start --block`` process group."""
+
+    name: str
+    resources: dict[str, float]
+    process: subprocess.Popen
+    log_path: Path
+    node_id: str = ""
+
+    def raylet_pid(self) -> int:
+        """The pid of this node's raylet (a member of the node's process group)."""
+        for pid in _group_members(self.process.pid):
+            if _read_proc(pid, "comm").strip() == "raylet":
+                return pid
+        raise TandemError(f"ray node {self.name}: no raylet is running (log: {self.log_path})")
+
+    def kill_raylet(self) -> int:
+        """SIGKILL this node's raylet, as if the machine were lost; returns its pid.
+
+        The node's workers lose their raylet and exit; the GCS marks the node dead.
+        """
+        pid = self.raylet_pid()
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+@dataclass
+class RayCluster:
+    """A head plus worker nodes on 127.0.0.1 (see ``local_ray_cluster``)."""
+
+    head: RayHead
+    nodes: list[RayNode] = field(default_factory=list)
+
+    @property
+    def gcs_address(self) -> str:
+        return self.head.gcs_address
+
+    @property
+    def dashboard_url(self) -> str:
+        return self.head.dashboard_url
+
+    @property
+    def temp_dir(self) -> str:
+        return self.head.temp_dir
+
+    def node(self, name: str) -> RayNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise TandemError(f"no ray node {name!r}; nodes: {[n.name for n in self.nodes]}")
+
+    def alive_node_ids(self) -> set[str]:
+        """Node ids the GCS reports ALIVE (through the dashboard's state API)."""
+        return {n["node_id"] for n in list_nodes(self.dashboard_url) if n["state"] == "ALIVE"}
+
+
+def list_nodes(dashboard_url: str) -> list[dict]:
+    """The cluster's nodes as the state API lists them (node_id, state, resources_total)."""
+    url = f"{dashboard_url}/api/v0/nodes?limit=1000&detail=1"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return json.load(reply)["data"]["result"]["result"]
+
+
+@contextmanager
+def local_ray_cluster(
+    workers: list[dict[str, float]],
+    num_cpus_per_worker: int = 1,
+    head_num_cpus: int = 1,
+    head_resources: dict[str, float] | None = None,
+    timeout: float = 120.0,
+) -> Iterator[RayCluster]:
+    """A Ray head and one worker node per entry of ``workers`` (its custom resources).
+
+    Every node runs on 127.0.0.1 with ports of its own, shares the head's temp dir and
+    is its own process group; all are alive when this yields. On exit every node is
+    stopped (worker nodes first) and the temp dir removed.
+    """
+    with local_ray_head(num_cpus=head_num_cpus, timeout=timeout, resources=head_resources) as head:
+        cluster = RayCluster(head)
+        try:
+            for index, resources in enumerate(workers, start=1):
+                cluster.nodes.append(_start_node(head, index, resources, num_cpus_per_worker))
+            _wait_nodes(cluster, timeout)
+            yield cluster
+        finally:
+            for node in cluster.nodes:
+                node.stop()
+
+
+def _start_node(head: RayHead, index: int, resources: dict[str, float], num_cpus: int) -> RayNode:
+    name = f"worker-{index}"
+    # gpu_worker._ray_node is `ray start` that may join a head on loopback (see there).
+    # Every port is chosen here: two raylets on one host must not share any of them.
+    low = 30000 + 1000 * index  # worker ports: the head uses 20000-29999
+    command = [
+        sys.executable,
+        "-m",
+        "gpu_worker._ray_node",
+        f"--address={head.gcs_address}",
+        "--block",
+        f"--node-ip-address={LOOPBACK}",
+        f"--num-cpus={num_cpus}",
+        f"--resources={json.dumps(resources)}",
+        f"--temp-dir={head.temp_dir}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--min-worker-port={low}",
+        f"--max-worker-port={low + 999}",
+        "--disable-usage-stats",
+    ]
+    log_path = Path(head.temp_dir) / f"{name}.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        command, env=ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    log.close()  # the child holds its own descriptor
+    return RayNode(name, dict(resources), process, log_path)
+
+
+def _wait_nodes(cluster: RayCluster, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for node in cluster.nodes:
+            if node.process.poll() is not None:
+                raise TandemError(
+                    f"ray node {node.name} exited early:\n"
+                    f"{node.log_path.read_text(errors='replace')[-3000:]}"
+                )
+        ids = _raylet_node_ids(cluster.nodes)
+        if ids is not None:
+            try:
+                alive = cluster.alive_node_ids()
+            except OSError:
+                alive = set()
+            if set(ids) <= alive and len(alive) == len(cluster.nodes) + 1:
+                for node, node_id in zip(cluster.nodes, ids, strict=True):
+                    node.node_id = node_id
+                return
+        time.sleep(0.5)
+    raise TandemError(f"ray nodes not all alive after {timeout:.0f} s; logs in {cluster.temp_dir}")
+
+
+def _raylet_node_ids(nodes: list[RayNode]) -> list[str] | None:
+    """Each node's id, read from its raylet's command line (None until all have one)."""
+    ids = []
+    for node in nodes:
+        try:
+            pid = node.raylet_pid()
+        except TandemError:
+            return None
+        args = _read_proc(pid, "cmdline").split("\0")
+        found = [a.split("=", 1)[1] for a in args if a.startswith("--node_id=")]
+        if not found:
+            return None
+        ids.append(found[0])
+    return ids
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) == pgid:
+                members.append(int(entry))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return members
+
+
+def _read_proc(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text(errors="replace")
+    except OSError:
+        return ""
