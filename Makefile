@@ -58,3 +58,4 @@ bench: venv
 	.venv/bin/python bench/generation_bench.py
 	.venv/bin/python bench/handoff_bench.py
 	.venv/bin/python bench/api_bench.py
+	.venv/bin/python bench/score_bench.py
