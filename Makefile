@@ -60,3 +60,4 @@ bench: venv
 	.venv/bin/python bench/handoff_bench.py
 	.venv/bin/python bench/api_bench.py
 	.venv/bin/python bench/ray_bench.py
+	.venv/bin/python bench/score_bench.py

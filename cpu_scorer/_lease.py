@@ -10,6 +10,10 @@ rare race, let two daemons score one shard: both write the same bytes.
 A lease is stale when it has expired, when its holder ran on this host and that process
 is gone (a daemon killed with SIGKILL is detected at once, not after the expiry), or when
 it cannot be parsed (a holder killed while writing it) and is older than a lease period.
+A batch job (``tandem score --ray``) names its leases after the job (``reclaim``): its
+engine runs a shard again only when the earlier attempt is gone (its worker or node
+died), so a lease of the same job is that attempt's and is taken over at once, on any
+host, instead of after the expiry.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class Leases:
     owner: str
     seconds: float
     clock: Callable[[], float] = time.time
+    # Leases whose owner starts with this are an earlier attempt of the same batch job.
+    reclaim: str = ""
 
     def path(self, ref: ShardRef) -> str:
         return self.store.shard_path(CLAIMS, ref, CLAIM_SUFFIX)
@@ -116,6 +122,8 @@ class Leases:
                 return True
             return info.mtime.timestamp() + self.seconds < self.clock()
         if expires < self.clock():
+            return True
+        if self.reclaim and str(record.get("owner", "")).startswith(self.reclaim):
             return True
         return host == HOST and pid != os.getpid() and pid > 0 and not _process_alive(pid)
 

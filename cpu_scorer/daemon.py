@@ -102,6 +102,9 @@ class DaemonConfig:
     progress: bool = False
     # Code tasks' programs may run (in the sandbox): --confirm-run-unsafe-code.
     confirm_unsafe_code: bool = False
+    # The batch job this scorer works for (``tandem score --ray``), if any: its leases
+    # carry the job's name, and one left by an earlier attempt of the job is taken over.
+    job: str | None = None
 
 
 @dataclass
@@ -137,8 +140,9 @@ class Daemon:
         self.store = store
         self.config = config
         self.stop = stop or threading.Event()
-        self.owner = new_owner()
-        self.leases = Leases(store, self.owner, config.lease)
+        prefix = f"{config.job}/" if config.job else ""
+        self.owner = prefix + new_owner()
+        self.leases = Leases(store, self.owner, config.lease, reclaim=prefix)
         self.summaries = SummaryBuilder(
             store, AggregateOptions(irt_params=config.irt_params), on_damaged=self._damaged
         )
@@ -285,6 +289,42 @@ class Daemon:
         from tqdm import tqdm
 
         return tqdm(total=total, desc=f"score {run_id}", unit="shard", file=sys.stderr)
+
+    # ---- as the parts of a batch job (tandem score --ray) -------------------------------
+    def plan(self) -> list[tuple[RunRecord, list[ShardRef]]]:
+        """What run-once mode's first poll would score, per run, scoring nothing: the same
+        repairs first (``sweep``), the same reports of a bad run.json, folder or file, the
+        same interrupted quarantines completed. A batch job's input."""
+        self.sweep()
+        work = []
+        for run_id in self._runs():
+            self._tally(run_id)
+            try:
+                record = self._record(run_id)
+                if record is None:
+                    continue
+                state = self._scan(run_id, record)
+            except _READ_ERRORS as error:
+                if isinstance(error, WriteError):
+                    raise
+                log.error("run %s: %s", run_id, error)
+                continue
+            work.append((record, [r for r in state.pending if r not in self._given_up]))
+        return work
+
+    def score(self, ref: ShardRef) -> str:
+        """``process`` one shard handed out by a batch job, waiting out the backoff of a
+        read error that may pass (or a scorer failure) here rather than leaving the shard
+        to a next poll, which a job's task does not have. Returns the last outcome."""
+        record = self._record(ref.run_id)
+        if record is None:
+            return "failed"  # its run.json went bad since the plan; reported above
+        while True:
+            outcome = self.process(ref, record)
+            if outcome not in ("retry", "failed") or ref in self._given_up:
+                return outcome
+            if self.stop.wait(max(0.0, self._retry[ref][1] - time.monotonic())):
+                return outcome
 
     def _due(self, ref: ShardRef) -> bool:
         if ref in self._given_up:

@@ -92,7 +92,7 @@ def local_ray_head(
         f"--min-worker-port={20000}",
         f"--max-worker-port={29999}",
     ]
-    if num_cpus:
+    if num_cpus is not None:  # 0 is a head that runs no tasks
         command.append(f"--num-cpus={num_cpus}")
     if resources:
         command.append(f"--resources={json.dumps(resources)}")
@@ -261,7 +261,9 @@ def _start_node(head: RayHead, index: int, resources: dict[str, float], num_cpus
     name = f"worker-{index}"
     # gpu_worker._ray_node is `ray start` that may join a head on loopback (see there).
     # Every port is chosen here: two raylets on one host must not share any of them.
-    low = 30000 + 1000 * index  # worker ports: the head uses 20000-29999
+    # Worker ports: the head uses 20000-29999; below it, out of the ephemeral range
+    # (32768+ on Linux) that free_port() draws this node's other ports from.
+    low = 10000 + 1000 * index
     command = [
         sys.executable,
         "-m",

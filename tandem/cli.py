@@ -145,6 +145,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     store = Store(args.store)
     store.check(writable=True)
     _unsafe_code_notice(args.confirm_run_unsafe_code)
+    if args.ray:
+        return _score_on_ray(args, store)
+    if args.address:
+        raise TandemError("--address is the Ray cluster's: use it with --ray")
     tallies = score_once(
         store,
         args.run,
@@ -176,6 +180,55 @@ def _cmd_score(args: argparse.Namespace) -> int:
     # 0: nothing left pending (bad shards are quarantined, which is an outcome); 1: some
     # shards stay unscored (the scorer failed on them, or code tasks were not allowed to
     # run their programs).
+    return 1 if failed else 0
+
+
+def _score_on_ray(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
+    from cpu_scorer.report import print_summary
+    from tandem.ray_score import score_on_ray
+
+    result = score_on_ray(
+        store,
+        address=args.address,
+        run_id=args.run,
+        irt_params=args.irt_params,
+        confirm_unsafe_code=args.confirm_run_unsafe_code,
+        shards_per_task=args.shards_per_task,
+        progress=not args.quiet,
+    )
+    print(
+        f"ray: {result.shards} shard(s) in {result.tasks} task(s) on the cluster, "
+        f"{result.seconds:.1f} s"
+    )
+    failed = 0
+    for run_id, outcome in result.runs.items():
+        closing = outcome.closing
+        done = outcome.cluster["skipped"]
+        print(
+            f"run {run_id}: scored {outcome.scored} shard(s), quarantined {outcome.quarantined}"
+            + (
+                f" ({closing.scored + closing.quarantined} after the job)"
+                if closing.scored or closing.quarantined
+                else ""
+            )
+            + (f", {done} already done" if done else "")
+            + (f", failed {closing.failed}" if closing.failed else "")
+            + (
+                f", {closing.unconfirmed} code shard(s) not run (add --confirm-run-unsafe-code)"
+                if closing.unconfirmed
+                else ""
+            )
+        )
+        failed += closing.failed + closing.unconfirmed
+        try:
+            summary = store.summary(run_id)
+        except TandemError as error:
+            print(f"run {run_id}: {error}", file=sys.stderr)
+            continue
+        if summary is not None:
+            print_summary(summary)
+    if not result.runs:
+        print(f"no runs in {store.uri}")
     return 1 if failed else 0
 
 
@@ -463,6 +516,28 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--irt-params", help="tinyBenchmarks.pkl for tinyMMLU IRT/p-IRT/gp-IRT")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     _unsafe_code_argument(score)
+    score.add_argument(
+        "--ray",
+        action="store_true",
+        help="score as a Ray Data job on a Ray cluster's CPU nodes (one CPU per task, no "
+        "GPU; a lost node's tasks are retried); same score shards, quarantine and "
+        "summaries as without it. Every node needs tandem installed and the store at the "
+        "same URI (object store or shared path). Pays off with more cores than one "
+        "machine has (docs/serving.md)",
+    )
+    score.add_argument(
+        "--address",
+        default=None,
+        help="with --ray: the cluster's GCS address, host:port (default: $RAY_ADDRESS, "
+        "which `ray job submit` sets)",
+    )
+    score.add_argument(
+        "--shards-per-task",
+        type=_positive,
+        default=8,
+        metavar="N",
+        help="with --ray: shards each Ray task scores (default 8)",
+    )
 
     runs = command("runs", _cmd_runs, "List the runs in a store.")
     store_arg(runs)
