@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 TORCH=${TANDEM_TORCH:-torch==2.13.0}
-EXTRAS=${TANDEM_EXTRAS:-worker,scorer,server,quant,wandb,lmeval,dev}
+EXTRAS=${TANDEM_EXTRAS:-worker,scorer,server,quant,wandb,lmeval,ray-scorer,dev}
 STAMP=.venv/.tandem-bootstrap
 want=$( (cat pyproject.toml scripts/bootstrap.sh; echo "$TORCH $EXTRAS") | sha256sum | cut -c1-16)
 
