@@ -42,12 +42,13 @@ def _nltk_tokenize_modules() -> tuple[Any, Any, Any]:
     empty package modules while those load, then every ``nltk`` module this added to
     ``sys.modules`` is taken out again: the tokenizers keep working from their own
     module globals, and a later ``import nltk`` anywhere in the process gets the whole,
-    normal nltk. Where nltk is already imported, it is simply used. (A thread importing
-    nltk during those ~0.08 s would see the stand-ins; the lock keeps this module's own
-    callers apart, and nothing else in the scorer imports nltk.)
+    normal nltk. Where nltk is already imported, it is simply used. A thread importing
+    nltk during those ~0.08 s would see the stand-ins (the lock keeps only this module's
+    own callers apart), so a process that already runs other threads (``tandem.evaluate``
+    inside a training loop, a server) imports the whole nltk the normal way instead.
     """
     with _import_lock:
-        if "nltk" in sys.modules:
+        if "nltk" in sys.modules or threading.active_count() > 1:
             import nltk.tokenize.destructive as destructive
             import nltk.tokenize.punkt as punkt
             import nltk.tokenize.regexp as regexp

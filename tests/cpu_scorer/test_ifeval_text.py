@@ -90,3 +90,30 @@ def test_word_count_equals_nltks_regexp_tokenizer(text) -> None:
     from nltk.tokenize import RegexpTokenizer
 
     assert _text.count_words(text) == len(RegexpTokenizer(r"\w+").tokenize(text))
+
+
+def test_a_process_with_other_threads_imports_nltk_the_normal_way() -> None:
+    """The stand-in packages live in sys.modules for ~0.08 s; another thread importing
+    nltk then would get an empty package. With other threads running (a training loop
+    calling tandem.evaluate, a server) the whole nltk is imported normally instead."""
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys, threading
+        stop = threading.Event()
+        threading.Thread(target=stop.wait, daemon=True).start()
+        from cpu_scorer.ifeval import _text
+        punkt, destructive, regexp = _text._nltk_tokenize_modules()
+        whole = "nltk" in sys.modules  # imported the normal way, and kept
+        import nltk
+        print(whole, hasattr(nltk, "word_tokenize"), punkt.__name__)
+        stop.set()
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, check=True
+    )
+    assert done.stdout.split() == ["True", "True", "nltk.tokenize.punkt"]
