@@ -200,7 +200,7 @@ def score_on_ray(
     planner = Daemon(store, config)
     work = planner.plan()
     runs = {rid: RunOutcome() for rid in planner.runs}
-    items = [
+    items: list[dict[str, Any]] = [
         {"run_id": ref.run_id, "task": ref.task, "start": ref.start, "end": ref.end}
         for _, refs in work
         for ref in refs
