@@ -315,12 +315,27 @@ class Daemon:
     def score(self, ref: ShardRef) -> str:
         """``process`` one shard handed out by a batch job, waiting out the backoff of a
         read error that may pass (or a scorer failure) here rather than leaving the shard
-        to a next poll, which a job's task does not have. Returns the last outcome."""
-        record = self._record(ref.run_id)
-        if record is None:
-            return "failed"  # its run.json went bad since the plan; reported above
+        to a next poll, which a job's task does not have. Returns the last outcome.
+
+        A store error while reading run.json, claiming or checking the shard (a network
+        hiccup) is what ``poll`` survives by retrying the run next poll: here it is
+        retried with the same backoff, then the shard is left pending ("failed") for the
+        job's closing pass. Only a failed write (``WriteError``, disk full) is raised, as
+        in run-once mode, since it would fail every shard."""
         while True:
-            outcome = self.process(ref, record)
+            try:
+                record = self._record(ref.run_id)
+                if record is None:
+                    return "failed"  # its run.json went bad since the plan; reported
+                outcome = self.process(ref, record)
+            except _READ_ERRORS as error:
+                if isinstance(error, WriteError):
+                    raise
+                log.error("%s: %s", ref, error)
+                if not self._retry_later(ref, error):
+                    self._retry.pop(ref, None)
+                    return "failed"
+                outcome = "retry"
             if outcome not in ("retry", "failed") or ref in self._given_up:
                 return outcome
             if self.stop.wait(max(0.0, self._retry[ref][1] - time.monotonic())):

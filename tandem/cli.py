@@ -203,7 +203,9 @@ def _score_on_ray(args: argparse.Namespace, store) -> int:  # type: ignore[no-un
     failed = 0
     for run_id, outcome in result.runs.items():
         closing = outcome.closing
-        done = outcome.cluster["skipped"]
+        # Shards the cluster left pending (a task that kept failing on a store error, a
+        # node whose run.json went bad): the closing pass tried them again.
+        on_cluster = outcome.tasks["failed"]
         print(
             f"run {run_id}: scored {outcome.scored} shard(s), quarantined {outcome.quarantined}"
             + (
@@ -211,7 +213,7 @@ def _score_on_ray(args: argparse.Namespace, store) -> int:  # type: ignore[no-un
                 if closing.scored or closing.quarantined
                 else ""
             )
-            + (f", {done} already done" if done else "")
+            + (f", failed on the cluster {on_cluster} (tried again after it)" if on_cluster else "")
             + (f", failed {closing.failed}" if closing.failed else "")
             + (
                 f", {closing.unconfirmed} code shard(s) not run (add --confirm-run-unsafe-code)"

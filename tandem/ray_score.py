@@ -15,12 +15,21 @@ The same scorer, run from a different driver:
    nothing pending, or only what the job could not do (a shard a daemon held a lease on),
    and writes every summary.json with the same code.
 
-**Node loss.** Ray Data runs a task again when its worker or node dies, and
-recomputes a finished task whose output lived on the lost node. The store is the only
-state: a shard whose score shard is already published is skipped (no duplicate, the
-bytes would be the same anyway), a shard cut off mid-write left only a hidden temp file
-(swept later) and is scored again, and the lease the dead attempt left carries the job's
-name, so the retry takes it over at once (``cpu_scorer._lease``).
+**Node loss.** Ray Data runs a task again when its worker or node dies (at most
+``TASK_RETRIES`` times: a shard that kills its worker every time, out of memory, must
+not keep the job running for ever; the job then stops naming the task's shards), and
+recomputes a finished task whose output lived on the lost node. A task judged dead may
+even still be running. The store is the only state: a shard whose score shard is already
+published is skipped (no duplicate, and scoring writes identical bytes anyway), a shard
+cut off mid-write left only a hidden temp file (swept later) and is scored again, and
+the lease the dead attempt left carries the job's name, so the retry takes it over at
+once (``cpu_scorer._lease``). Since a rerun reports "skipped" for what its first attempt
+scored, the counts printed come from the store after the job, not from the tasks.
+
+**Store hiccups.** A task retries a store error on a shard with the daemon's backoff
+(``Daemon.score``), then leaves the shard to the closing pass; only a failed write stops
+the job. A node that cannot see the store (a shared path not mounted there) stops the
+job with an error naming the node, rather than scoring nothing.
 
 **CPU only.** Every task asks for one CPU and, explicitly, no GPU.
 
@@ -43,7 +52,7 @@ from typing import Any
 
 from cpu_scorer.daemon import Daemon, DaemonConfig, Tally
 from shared.errors import TandemError
-from shared.store import ShardRef, Store
+from shared.store import ERROR_SUFFIX, QUARANTINE, RUN_RECORD, SCORES, ShardRef, Store
 
 log = logging.getLogger("tandem.scorer")
 
@@ -51,6 +60,9 @@ log = logging.getLogger("tandem.scorer")
 # score in tens of ms, few enough that a lost node costs little work and the job spreads
 # over every node.
 SHARDS_PER_TASK = 8
+# How often Ray runs a task again whose worker or node died (Ray Data's own default is
+# without end): enough for a node or two lost during a job.
+TASK_RETRIES = 3
 # Test hook (the node-loss test): seconds each task sleeps per shard, so a node can be
 # killed mid-job. Read by the driver, passed to the tasks; never set in production.
 TEST_DELAY_ENV = "TANDEM_TEST_SHARD_DELAY"
@@ -65,10 +77,13 @@ START_HINT = (
 
 @dataclass
 class RunOutcome:
-    """What happened to one run's shards: on the cluster (by outcome, see
-    ``Daemon.process``) and in the closing pass (the daemon's tally)."""
+    """What happened to one run's shards. ``cluster``: the job's shards by their state in
+    the store once the job ended (scored, quarantined, pending), which stays right when Ray
+    reran a task; ``tasks``: what the tasks reported (see ``Daemon.process``; "failed": a
+    shard left to the closing pass); ``closing``: the closing pass (the daemon's tally)."""
 
     cluster: Counter[str] = field(default_factory=Counter)
+    tasks: Counter[str] = field(default_factory=Counter)
     closing: Tally = field(default_factory=Tally)
 
     @property
@@ -135,11 +150,27 @@ def connect(address: str) -> None:
 
 def task_resources() -> dict[str, float]:
     """What each scoring task asks Ray for: one CPU and, said explicitly so that no
-    default of any Ray version can put scoring on a GPU, no GPU. Retries are Ray Data's
-    own: a task whose worker or node died is run again (its default for map tasks); a
-    Python exception is not retried, since the scorer turns a bad shard into a quarantine
-    and an exception is a failed write, which stops the job."""
+    default of any Ray version can put scoring on a GPU, no GPU."""
     return {"num_cpus": 1.0, "num_gpus": 0.0}
+
+
+def task_options() -> dict[str, Any]:
+    """Everything ``map_batches`` is given for the scoring tasks (Ray remote args): the
+    resources, and ``max_retries``: a task whose worker or node died is run again at most
+    ``TASK_RETRIES`` times (Ray Data's default, -1, is without end). A Python exception
+    is not retried: the scorer turns a bad shard into a quarantine and retries a store
+    hiccup itself, so an exception is a failed write, which stops the job."""
+    return {**task_resources(), "max_retries": TASK_RETRIES}
+
+
+def _state(store: Store, item: dict[str, Any]) -> str:
+    """A shard's state in the store: scored, quarantined or pending."""
+    ref = ShardRef(item["run_id"], item["task"], int(item["start"]), int(item["end"]))
+    if store.exists(store.shard_path(SCORES, ref)):
+        return "scored"
+    if store.exists(store.shard_path(QUARANTINE, ref, ERROR_SUFFIX)):
+        return "quarantined"
+    return "pending"
 
 
 def score_on_ray(
@@ -169,7 +200,7 @@ def score_on_ray(
     planner = Daemon(store, config)
     work = planner.plan()
     runs = {rid: RunOutcome() for rid in planner.runs}
-    items = [
+    items: list[dict[str, Any]] = [
         {"run_id": ref.run_id, "task": ref.task, "start": ref.start, "end": ref.end}
         for _, refs in work
         for ref in refs
@@ -180,7 +211,9 @@ def score_on_ray(
         started = time.perf_counter()
         outcomes, tasks = _run_job(store, config, items, shards_per_task, progress)
         for row in outcomes:
-            runs.setdefault(row["run_id"], RunOutcome()).cluster[row["outcome"]] += 1
+            runs.setdefault(row["run_id"], RunOutcome()).tasks[row["outcome"]] += 1
+        for item in items:
+            runs.setdefault(item["run_id"], RunOutcome()).cluster[_state(store, item)] += 1
         seconds = time.perf_counter() - started
     # The closing pass, by the planning daemon itself (its summaries' cache is warm):
     # every summary.json, and anything the job left pending.
@@ -203,7 +236,6 @@ def _run_job(
     context.enable_progress_bars = progress
     context.print_on_execution_start = False
     blocks = max(1, -(-len(items) // shards_per_task))
-    resources = task_resources()
     fn: Any = score_batch  # Ray's annotation does not cover fn_kwargs
     dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         fn,
@@ -214,17 +246,42 @@ def _run_job(
             "config": config,
             "delay": float(os.environ.get(TEST_DELAY_ENV) or 0.0),
         },
-        num_cpus=resources["num_cpus"],
-        num_gpus=resources["num_gpus"],
+        **task_options(),
     )
+    done: list[dict[str, Any]] = []
     try:
-        rows = dataset.take_all()
+        # Row by row, so that when the job stops the shards already reported are known.
+        for row in dataset.iter_rows():
+            done.append(dict(row))
     except Exception as error:  # noqa: BLE001 - Ray wraps the task's error; unwrap it
         cause = _tandem_cause(error)
         if cause is not None:
             raise TandemError(str(cause)) from error
-        raise
-    return rows, blocks
+        raise TandemError(_lost_message(store, items, done, error)) from error
+    return done, blocks
+
+
+def _lost_message(
+    store: Store, items: list[dict[str, Any]], done: list[dict[str, Any]], error: BaseException
+) -> str:
+    """The job stopped on an error of Ray's (a task whose worker died ``TASK_RETRIES``
+    + 1 times, a shard that runs it out of memory): which shards were left unscored."""
+    reported = {(r["run_id"], r["task"], r["name"]) for r in done}
+    left = []
+    for item in items:
+        ref = ShardRef(item["run_id"], item["task"], int(item["start"]), int(item["end"]))
+        if (ref.run_id, ref.task, ref.name) in reported or _state(store, item) != "pending":
+            continue
+        left.append(f"{ref.run_id}/{ref.task}/{ref.name}")
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    shown = ", ".join(left[:20]) + (f" and {len(left) - 20} more" if len(left) > 20 else "")
+    return (
+        f"the Ray job stopped ({type(error).__name__}: {reason}); a task is run at most "
+        f"{TASK_RETRIES + 1} times when its worker dies (a shard that runs it out of "
+        f"memory does so every time). {len(left)} shard(s) left unscored, the lost task's "
+        f"among them: {shown or 'none'}. No summary was written: rerun `tandem score --ray` "
+        "for them, or `tandem score` to score them here"
+    )
 
 
 def _tandem_cause(error: BaseException) -> BaseException | None:
@@ -243,9 +300,12 @@ def score_batch(batch: Any, store_uri: str, config: DaemonConfig, delay: float =
     module docstring); one row per shard out, with its outcome."""
     import pyarrow as pa
 
-    daemon = Daemon(Store(store_uri), config)
+    store = Store(store_uri)
+    rows = batch.to_pylist()
+    _check_sees_store(store, {row["run_id"] for row in rows}, config)
+    daemon = Daemon(store, config)
     out: dict[str, list[Any]] = {"run_id": [], "task": [], "name": [], "outcome": []}
-    for row in batch.to_pylist():
+    for row in rows:
         ref = ShardRef(row["run_id"], row["task"], int(row["start"]), int(row["end"]))
         if delay:
             time.sleep(delay)
@@ -258,3 +318,35 @@ def score_batch(batch: Any, store_uri: str, config: DaemonConfig, delay: float =
         ):
             out[key].append(value)
     return pa.table(out)
+
+
+def _check_sees_store(store: Store, run_ids: set[str], config: DaemonConfig) -> None:
+    """Refuse to score on a node that does not see the driver's store: a local path not
+    mounted there would make every shard "no run" and write a problem report into a
+    store made up on the node's own disk. A store error that may pass (OSError) is tried
+    again with the daemon's backoff first, as the daemon does."""
+    node = socket.gethostname()
+    hint = (
+        "every node must reach the store at the same URI (mount the shared path on every "
+        "node, or use an object store)"
+    )
+    for attempt in range(1, config.read_attempts + 1):
+        try:
+            store.check(writable=True)
+            missing = [
+                run_id
+                for run_id in sorted(run_ids)
+                if not store.exists(store.run_path(run_id, RUN_RECORD))
+            ]
+            break
+        except (TandemError, OSError) as error:
+            passing = isinstance(error, OSError) or isinstance(error.__cause__, OSError)
+            if not passing or attempt == config.read_attempts:
+                raise TandemError(f"on node {node}: {error}; {hint}") from error
+            log.warning("on node %s: %s; attempt %d, retrying", node, error, attempt)
+            time.sleep(min(300.0, config.interval * 2**attempt))
+    if missing:
+        raise TandemError(
+            f"on node {node}: store {store.uri} has no run {', '.join(missing)} "
+            f"({RUN_RECORD} not found), which the driver planned; {hint}"
+        )

@@ -17,9 +17,11 @@ import pyarrow as pa
 import pytest
 from conftest import add_bad_shards, child_env, fresh_copy, generate, tandem
 
+import tandem.ray_score as ray_score
 from cpu_scorer.daemon import Daemon, DaemonConfig
+from shared.errors import TandemError
 from shared.store import SCORES, ShardRef, Store
-from tandem.ray_score import score_batch, task_resources
+from tandem.ray_score import TASK_RETRIES, score_batch, task_resources
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,6 +110,154 @@ def test_the_lease_of_a_dead_attempt_of_the_same_job_is_taken_over(store_copy: P
 
 def test_scoring_tasks_ask_for_one_cpu_and_no_gpu() -> None:
     assert task_resources() == {"num_cpus": 1.0, "num_gpus": 0.0}
+
+
+def _flaky(monkeypatch: pytest.MonkeyPatch, name: str, failures: int) -> list[int]:
+    """Store.<name> raises OSError (a network hiccup) its first ``failures`` calls."""
+    calls = [0]
+    real = getattr(Store, name)
+
+    def flaky(self: Store, *args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] <= failures:
+            raise OSError(5, "Input/output error (injected)")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, name, flaky)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["stamp", "create_exclusive"])
+def test_a_store_hiccup_in_a_task_is_retried_not_raised(
+    store_copy: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # run.json's stamp (Daemon._record) or the lease (Leases.claim -> create_exclusive)
+    # fails twice, then works: the task waits out the backoff and scores the shard.
+    ref = _pending(store_copy)[0]
+    config = DaemonConfig(once=True, job="ray-test", interval=0.01)
+    calls = _flaky(monkeypatch, name, failures=2)
+    out = score_batch(_rows(ref), str(store_copy), config)
+    assert out.column("outcome").to_pylist() == ["scored"]
+    assert calls[0] > 2
+    store = Store(str(store_copy))
+    assert store.exists(store.shard_path(SCORES, ref))
+
+
+@pytest.mark.parametrize("name", ["stamp", "create_exclusive"])
+def test_a_store_error_that_does_not_pass_leaves_the_shard_to_the_closing_pass(
+    store_copy: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # Every attempt fails: the task does not raise (which would stop the whole job); it
+    # reports the shard failed, left pending, and goes on with the next one.
+    ref, other = _pending(store_copy)[:2]
+    config = DaemonConfig(once=True, job="ray-test", interval=0.01)
+    daemon = Daemon(Store(str(store_copy)), config)
+    _flaky(monkeypatch, name, failures=10**6)
+    assert daemon.score(ref) == "failed"
+    monkeypatch.undo()
+    assert daemon.score(other) == "scored"
+    store = Store(str(store_copy))
+    assert not store.exists(store.shard_path(SCORES, ref))
+    assert not list(store_copy.glob("runs/*/quarantine/*/*"))
+
+
+def test_a_node_that_does_not_see_the_store_stops_the_job_naming_itself(
+    store_copy: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    ref = _pending(store_copy)[0]
+    config = DaemonConfig(once=True, job="ray-test")
+    # The store's path is not mounted on the node: nothing is created there.
+    absent = tmp_path / "not-mounted" / "store"
+    with pytest.raises(TandemError) as error:
+        score_batch(_rows(ref), str(absent), config)
+    assert socket.gethostname() in str(error.value) and "same URI" in str(error.value)
+    assert not absent.exists()
+    # An empty mount point (or another store): no run.json for the planned run; no
+    # problem report is written into it.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(TandemError) as error:
+        score_batch(_rows(ref), str(empty), config)
+    message = str(error.value)
+    assert socket.gethostname() in message and ref.run_id in message, message
+    assert "run.json" in message
+    assert list(empty.rglob("*")) == []
+
+
+class _FakeDataset:
+    """What ``_run_job`` sees of Ray Data: records map_batches' arguments, yields the
+    given rows, then raises ``error`` if any (a task lost after its retries)."""
+
+    def __init__(self, rows: list[dict[str, str]], error: BaseException | None = None):
+        self.rows, self.error, self.kwargs = rows, error, {}
+
+    def map_batches(self, fn: object, **kwargs: object) -> _FakeDataset:
+        self.kwargs = kwargs
+        return self
+
+    def iter_rows(self):  # type: ignore[no-untyped-def]
+        yield from self.rows
+        if self.error is not None:
+            raise self.error
+
+
+def _fake_ray(monkeypatch: pytest.MonkeyPatch, dataset: _FakeDataset) -> None:
+    import ray.data
+
+    monkeypatch.setattr(ray.data, "from_items", lambda items, **_: dataset)
+
+
+def test_ray_reruns_a_task_whose_worker_died_a_bounded_number_of_times(
+    store_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ray Data's default is max_retries=-1: a shard that gets its worker OOM-killed every
+    # time would keep the job running for ever.
+    dataset = _FakeDataset([])
+    _fake_ray(monkeypatch, dataset)
+    items = [{"run_id": "run-a", "task": "ifeval", "start": 0, "end": 4}]
+    ray_score._run_job(Store(str(store_copy)), DaemonConfig(once=True), items, 8, False)
+    assert dataset.kwargs["max_retries"] == TASK_RETRIES >= 1
+    assert dataset.kwargs["num_cpus"] == 1.0 and dataset.kwargs["num_gpus"] == 0.0
+
+
+def test_a_task_lost_after_its_retries_stops_the_job_naming_its_shards(
+    store_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refs = _pending(store_copy)[:3]
+    items = [{"run_id": r.run_id, "task": r.task, "start": r.start, "end": r.end} for r in refs]
+    # The first shard was reported by its task; the second is published (its task's
+    # output was lost); the third never was: the lost task's.
+    reported = score_batch(_rows(refs[0]), str(store_copy), DaemonConfig(once=True)).to_pylist()
+    score_batch(_rows(refs[1]), str(store_copy), DaemonConfig(once=True))
+    _fake_ray(monkeypatch, _FakeDataset(reported, RuntimeError("worker died: OOM killed")))
+    with pytest.raises(TandemError) as error:
+        ray_score._run_job(Store(str(store_copy)), DaemonConfig(once=True), items, 1, False)
+    message = str(error.value)
+    assert f"{refs[2].run_id}/{refs[2].task}/{refs[2].name}" in message, message
+    assert "1 shard(s) left unscored" in message and "OOM killed" in message
+    assert f"{refs[0].task}/{refs[0].name}" not in message
+    assert f"{refs[1].task}/{refs[1].name}" not in message
+
+
+def test_counts_come_from_the_store_when_ray_reran_a_finished_task(
+    store_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ray recomputes a finished task whose output was lost: the rerun reports "skipped"
+    # for the shards its first attempt scored. The job still says they were scored.
+    def rerun_job(store, config, items, shards_per_task, progress):  # type: ignore[no-untyped-def]
+        rows = pa.Table.from_pylist(items)
+        score_batch(rows, store.root, config)  # the first attempt, its output lost
+        return score_batch(rows, store.root, config).to_pylist(), 1
+
+    monkeypatch.setattr(ray_score, "connect", lambda address: None)
+    monkeypatch.setattr(ray_score, "_run_job", rerun_job)
+    result = ray_score.score_on_ray(Store(str(store_copy)), address="auto")
+    assert result.shards > 0
+    assert sum(o.tasks["skipped"] for o in result.runs.values()) == result.shards
+    assert sum(o.scored for o in result.runs.values()) == result.shards
+    assert all(o.closing.scored == 0 for o in result.runs.values())
 
 
 @pytest.mark.parametrize(

@@ -105,11 +105,11 @@ def test_a_lost_cpu_node_is_recovered_without_duplicate_or_missing_shards(
     assert not list(store.glob("runs/*/claims/*/*.json"))
     # Every shard was done on the cluster: the closing pass scored none.
     assert "after the job" not in output
-    match = re.search(
-        r"run node-loss: scored (\d+) shard\(s\)[^\n]*?(?:, (\d+) already done)?\n", output
-    )
+    match = re.search(r"run node-loss: scored (\d+) shard\(s\)[^\n]*\n", output)
     assert match, output[-3000:]
-    assert int(match.group(1)) + int(match.group(2) or 0) == SHARDS
+    # Counted from the store: a task Ray reran after the loss, which reports "skipped"
+    # for the shards its first attempt scored, does not lower the count.
+    assert int(match.group(1)) == SHARDS
 
     # Every process stopped, Ray's temp dir removed.
     assert not temp_dir.exists()
