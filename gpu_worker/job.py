@@ -16,8 +16,8 @@ what is missing: a crash costs at most one shard per worker.
 their backends; only then is run.json created -- exclusively, so of two different specs
 racing for one run id exactly one is accepted -- with what the workers resolved
 (precision, dtype, device, engine, host). A backend that cannot load (unsloth without a
-GPU, a missing adapter) leaves nothing behind, and the corrected spec may use the same
-run id.
+GPU, a missing adapter) leaves no run behind (over Ray, only the job's record saying
+why), and the corrected spec may use the same run id.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from shared.records import (
     WorkerInfo,
 )
 from shared.spec import RunSpec
-from shared.store import RUN_RECORD, ShardRef, Store
+from shared.store import GENERATIONS, RUN_RECORD, ShardRef, Store
 from shared.tasks import TASKS, Sample, TaskDef, load_samples
 from shared.tasks._base import ordered
 
@@ -210,6 +210,21 @@ def run_generation(
     ``backend``: an already built backend to run in this process (``tandem.evaluate``).
     ``ray_resource``: on Ray, each actor asks for one unit of this custom resource
     instead of a GPU (e.g. ``gpu_slot``, declared by ``ray start --resources``)."""
+    asked_local = local
+    if local is None:
+        local = backend is not None or not os.environ.get("RAY_ADDRESS")
+    if ray_resource and local:
+        # Only Ray places actors on a resource: here the flag would do nothing.
+        if backend is not None:
+            where = "with an in-process backend"
+        elif asked_local:
+            where = "with --local"
+        else:
+            where = "without Ray (RAY_ADDRESS is not set)"
+        raise TandemError(
+            f"--ray-resource {ray_resource} only applies to a job on Ray, not {where}; "
+            "drop it, or run on a Ray cluster (ray job submit, or RAY_ADDRESS)"
+        )
     store = Store(store_uri)
     store.check(writable=True, create=True)
     run_id, jobs, skipped, record = plan(spec, store, data_dir, backend)
@@ -222,8 +237,6 @@ def run_generation(
         if not store.exists(store.run_path(run_id, RUN_RECORD)):
             start_run(store, record, [])  # every shard exists but the record was lost
         return result
-    if local is None:
-        local = backend is not None or not os.environ.get("RAY_ADDRESS")
     started = time.perf_counter()
     if backend is not None:
         batches = _run_local(spec, store_uri, jobs, record, workers, progress, backend)
@@ -382,8 +395,11 @@ def _run_ray(spec, store_uri, jobs, record, workers, progress, resource=None):
     shards only once it is up: until then the survivors drain the queue, so a cluster
     that lost a node's resources for good still finishes. A shard that fails
     MAX_ATTEMPTS times stops the job; what was published stays, so a rerun resumes.
+    A shard whose worker died after publishing it is done: it is never generated again.
+    When only replacements are left to wait for and none is up within
+    ``placement_timeout()`` (the cluster lost the resources for good), the job fails.
     The job's record (``jobs/<job_id>.json``) says where each shard ran and why any was
-    retried.
+    retried; it is written however the job ends, once Ray is importable.
     """
     try:
         import ray
@@ -392,57 +408,97 @@ def _run_ray(spec, store_uri, jobs, record, workers, progress, resource=None):
         raise TandemError(
             "running over Ray needs ray: pip install 'tandem-eval[worker]'"
         ) from error
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
-    count, options = _actor_options(spec, workers, resource)
-    count = min(count, len(jobs))
-    # No Ray-level restarts: a restarted actor would take new shards while reloading
-    # the model, and its lost shard would be retried on the same node. We replace dead
-    # actors ourselves, up to a budget, so a crash loop cannot run forever.
-    actor_class = ray.remote(max_restarts=0, max_task_retries=0)(ShardActor)
+    store = Store(store_uri)
     job_record = JobRecord(
         run_id=record.run_id,
         job_id=f"{utc_now().replace(':', '').replace('-', '')[:15]}Z-{secrets.token_hex(3)}",
         started_at=utc_now(),
-        placement={k: v for k, v in options.items() if k != "runtime_env"},
     )
-
-    def new_actor():
-        job_record.actors_started += 1
-        return actor_class.options(**options).remote(spec, store_uri, record)
-
-    actors = [new_actor() for _ in range(count)]
-    # Every replica loads its backend before anything is written: a backend that cannot
-    # load stops the job here, with nothing in the store.
+    # Everything from here on ends in the job record, done or failed: a placement the
+    # cluster cannot give and a backend that cannot load are failures of this job too.
+    failed = False
     try:
-        infos = ray.get([actor.info.remote() for actor in actors])
-        node_ids = ray.get([actor.node_id.remote() for actor in actors])
-    except RayActorError as error:
-        if error.actor_init_failed:
-            raise TandemError(f"a worker could not start: {_init_error(error)}") from None
-        raise TandemError(f"a worker died while loading its backend: {error}") from error
-    from shared.records import distinct_workers
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=True)
+        count, options = _actor_options(spec, workers, resource)
+        count = min(count, len(jobs))
+        job_record.placement = {k: v for k, v in options.items() if k != "runtime_env"}
+        # No Ray-level restarts: a restarted actor would take new shards while reloading
+        # the model, and its lost shard would be retried on the same node. We replace dead
+        # actors ourselves, up to a budget, so a crash loop cannot run forever.
+        actor_class = ray.remote(max_restarts=0, max_task_retries=0)(ShardActor)
 
-    store = Store(store_uri)
-    start_run(store, record, distinct_workers(infos))
-    print(
-        f"ray: {count} actor(s) with {options.get('num_gpus', 0)} GPU / "
-        f"{options['num_cpus']} CPU / {options.get('resources') or 'no custom resource'} each",
-        file=sys.stderr,
-    )
-    try:
-        yield from _drive(ray, jobs, actors, node_ids, new_actor, job_record, progress, count)
+        def new_actor():
+            job_record.actors_started += 1
+            return actor_class.options(**options).remote(spec, store_uri, record)
+
+        actors = [new_actor() for _ in range(count)]
+        # Every replica loads its backend before anything is written: a backend that
+        # cannot load stops the job here, with nothing in the store but the job record.
+        try:
+            infos = ray.get([actor.info.remote() for actor in actors])
+            node_ids = ray.get([actor.node_id.remote() for actor in actors])
+        except RayActorError as error:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            if error.actor_init_failed:
+                raise TandemError(f"a worker could not start: {_init_error(error)}") from None
+            raise TandemError(f"a worker died while loading its backend: {error}") from error
+        from shared.records import distinct_workers
+
+        start_run(store, record, distinct_workers(infos))
+        print(
+            f"ray: {count} actor(s) with {options.get('num_gpus', 0)} GPU / "
+            f"{options['num_cpus']} CPU / "
+            f"{options.get('resources') or 'no custom resource'} each",
+            file=sys.stderr,
+        )
+        yield from _drive(
+            ray, store, jobs, actors, node_ids, new_actor, job_record, progress, count
+        )
     except BaseException as error:
+        failed = True
         job_record.status = "failed"
         job_record.error = _first_lines(error) if isinstance(error, Exception) else "stopped"
         raise
     finally:
         job_record.finished_at = utc_now()
+        _publish_job(store, job_record, raise_errors=not failed)
+
+
+def _publish_job(store: Store, job_record: JobRecord, *, raise_errors: bool) -> None:
+    """Write the job record. When the job itself failed, a failure to write the record
+    is only reported: it must not hide why the job failed."""
+    try:
         store.publish_job(job_record)
+    except Exception as error:
+        if raise_errors:
+            raise
+        print(
+            f"tandem: could not write the job record {job_record.job_id}.json: {error}",
+            file=sys.stderr,
+        )
 
 
-def _drive(ray, jobs, actors, node_ids, new_actor, job_record, progress, count):
+def placement_timeout() -> float:
+    """Seconds the driver waits for a replacement worker when nothing else is running
+    (``TANDEM_RAY_PLACEMENT_TIMEOUT``, default 300): placing it and loading its backend."""
+    text = os.environ.get("TANDEM_RAY_PLACEMENT_TIMEOUT", "300")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise TandemError(
+            f"TANDEM_RAY_PLACEMENT_TIMEOUT={text!r}: must be a positive number of seconds"
+        )
+    return value
+
+
+def _drive(ray, store, jobs, actors, node_ids, new_actor, job_record, progress, count):
     from ray.exceptions import RayActorError, RayTaskError
+
+    from gpu_worker.shards import published_stats
 
     node_of = dict(zip(actors, node_ids, strict=True))
     idle = list(actors)
@@ -451,6 +507,29 @@ def _drive(ray, jobs, actors, node_ids, new_actor, job_record, progress, count):
     queue = list(jobs)
     failures: dict[str, list[ShardAttempt]] = {}
     in_flight: dict[Any, tuple[Any, ShardJob]] = {}
+    patience = placement_timeout()
+
+    def finished(job: ShardJob, actor: Any, stats: dict[str, Any]) -> dict[str, Any]:
+        tries = failures.get(f"{job.task}/{job.ref.name}", [])
+        job_record.shards.append(
+            ShardPlacement(
+                task=job.task,
+                shard=job.ref.name,
+                node_id=node_of.get(actor, ""),
+                attempts=len(tries) + 1,
+                failures=tries,
+            )
+        )
+        stats["node_id"] = node_of.get(actor, "")
+        return stats
+
+    def published(job: ShardJob) -> dict[str, Any] | None:
+        """The stats of the shard if an attempt that failed had published it already
+        (its worker died after publishing, before replying): it is done, and a scorer
+        may have scored it, so it is never generated again."""
+        if not store.exists(store.shard_path(GENERATIONS, job.ref)):
+            return None
+        return published_stats(store, job.ref)
 
     def failed(job: ShardJob, actor: Any, error: Exception) -> None:
         key = f"{job.task}/{job.ref.name}"
@@ -498,7 +577,16 @@ def _drive(ray, jobs, actors, node_ids, new_actor, job_record, progress, count):
                 waiting = [*in_flight, *starting]
                 if not waiting:
                     raise TandemError("no worker is left to run the remaining shards")
-                done, _ = ray.wait(waiting, num_returns=1)
+                # Only replacements to wait for: a cluster that cannot place one (its
+                # GPU node lost for good) would otherwise keep the job waiting forever.
+                timeout = None if in_flight else patience
+                done, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
+                if not done:
+                    raise TandemError(
+                        f"no worker could be placed (or load its backend) for "
+                        f"{patience:g} s; {len(queue)} shard(s) left; rerun to resume "
+                        "(TANDEM_RAY_PLACEMENT_TIMEOUT sets the wait)"
+                    )
                 if done[0] in starting:
                     actor = starting.pop(done[0])
                     try:
@@ -520,32 +608,31 @@ def _drive(ray, jobs, actors, node_ids, new_actor, job_record, progress, count):
                         raise TandemError(
                             f"a worker could not start: {_init_error(error)}"
                         ) from None
-                    failed(job, actor, error)
-                    # Last in line: if this shard is what kills workers, every other
-                    # shard is done before it can use up the attempts.
-                    queue.append(job)
+                    stats = published(job)
+                    if stats is not None:
+                        bar.update(len(job.samples))
+                        yield finished(job, actor, stats)
+                    else:
+                        failed(job, actor, error)
+                        # Last in line: if this shard is what kills workers, every other
+                        # shard is done before it can use up the attempts.
+                        queue.append(job)
                     replace(actor, error)
                 except RayTaskError as error:
                     if isinstance(error.cause, TandemError):
                         raise error.cause from None
-                    failed(job, actor, error)
-                    queue.append(job)
                     idle.append(actor)
+                    stats = published(job)
+                    if stats is not None:
+                        bar.update(len(job.samples))
+                        yield finished(job, actor, stats)
+                    else:
+                        failed(job, actor, error)
+                        queue.append(job)
                 else:
                     bar.update(len(job.samples))
                     idle.append(actor)
-                    tries = failures.get(f"{job.task}/{job.ref.name}", [])
-                    job_record.shards.append(
-                        ShardPlacement(
-                            task=job.task,
-                            shard=job.ref.name,
-                            node_id=node_of.get(actor, ""),
-                            attempts=len(tries) + 1,
-                            failures=tries,
-                        )
-                    )
-                    stats["node_id"] = node_of.get(actor, "")
-                    yield stats
+                    yield finished(job, actor, stats)
     finally:
         for actor in starting.values():  # replacements no shard needed any more
             ray.kill(actor, no_restart=True)

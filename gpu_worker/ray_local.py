@@ -72,11 +72,12 @@ def local_ray_head(
     resources: dict[str, float] | None = None,
 ) -> Iterator[RayHead]:
     """Start a Ray head on 127.0.0.1 with a temp dir of its own; stop and clean up after."""
+    ray = ray_bin()  # before anything is made that would need cleaning up
     # Short path: Ray's unix socket paths must stay under ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="tandem-ray-", dir="/tmp")
     port, dashboard_port = free_port(), free_port()
     command = [
-        ray_bin(),
+        ray,
         "start",
         "--head",
         "--block",
@@ -97,17 +98,23 @@ def local_ray_head(
     if resources:
         command.append(f"--resources={json.dumps(resources)}")
     log_path = Path(temp_dir) / "head.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        command, env=ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
     head = RayHead(f"{LOOPBACK}:{port}", f"http://{LOOPBACK}:{dashboard_port}", temp_dir)
+    process: subprocess.Popen | None = None
     try:
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                env=ray_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # The child holds its own descriptor of the log.
         _wait_ready(head, process, timeout, log_path)
         yield head
     finally:
-        _stop(process)
-        log.close()
+        if process is not None:
+            _stop(process)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -129,17 +136,30 @@ def _wait_ready(head: RayHead, process: subprocess.Popen, timeout: float, log_pa
 
 
 def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    """Stop the process group ``process`` leads (its own session), every member of it.
+
+    The leader may have exited already (``ray start --block`` exits by itself once its
+    raylet is killed) while other members of its group still run: the group is signalled
+    all the same. Its id cannot have been reused while any member is left (Linux keeps a
+    process group id from reuse until the group is empty); an empty group is
+    ProcessLookupError.
+    """
+    if process.poll() is None:
+        _killpg(process.pid, signal.SIGTERM)
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             pass
-        process.wait(timeout=10)
+    # Whatever of the group outlived the leader (or ignored SIGTERM).
+    _killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # nobody is left in the group
 
 
 def submit_command(
@@ -285,11 +305,10 @@ def _start_node(head: RayHead, index: int, resources: dict[str, float], num_cpus
         "--disable-usage-stats",
     ]
     log_path = Path(head.temp_dir) / f"{name}.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        command, env=ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    log.close()  # the child holds its own descriptor
+    with log_path.open("wb") as log:  # the child holds its own descriptor
+        process = subprocess.Popen(
+            command, env=ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return RayNode(name, dict(resources), process, log_path)
 
 

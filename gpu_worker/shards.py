@@ -68,10 +68,27 @@ def run_shard(
     provenance: dict[str, str],
     worker: WorkerInfo | None = None,
 ) -> dict[str, Any]:
-    """Build and atomically publish one generation shard; returns its throughput stats."""
+    """Build and atomically publish one generation shard; returns its throughput stats.
+
+    A shard is published once and never replaced: a scorer may already have scored it.
+    If it exists (a retry of an attempt whose worker died after publishing, or another
+    job racing on the same run), nothing is generated and the stats are the published
+    shard's, with ``already_published`` set. Two writers racing past that check both
+    build, and only the first to publish wins (``Store.create_table``).
+    """
+    path = store.shard_path(GENERATIONS, ref)
+    if store.exists(path):
+        return published_stats(store, ref)
     table = build_shard(backend, spec, task, ref, samples, chat, provenance, worker)
-    store.publish_table(store.shard_path(GENERATIONS, ref), table)
+    if not store.create_table(path, table):
+        return published_stats(store, ref)
     return shard_stats(ref, table)
+
+
+def published_stats(store: Store, ref: ShardRef) -> dict[str, Any]:
+    """The stats of a generation shard already in the store (``already_published``)."""
+    table = store.read_table(store.shard_path(GENERATIONS, ref))
+    return {**shard_stats(ref, table), "already_published": True}
 
 
 def shard_stats(ref: ShardRef, table: pa.Table) -> dict[str, Any]:

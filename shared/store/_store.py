@@ -256,11 +256,12 @@ class Store:
             raise TandemError(f"{self.relative(path)}: not valid JSON: {error}") from error
 
     def publish_table(self, path: str, table: pa.Table) -> None:
-        buffer = io.BytesIO()
-        # No dictionary/statistics surprises: plain zstd so identical tables give identical
-        # bytes (scorers racing on one shard must write the same file).
-        pq.write_table(table, buffer, compression="zstd", write_statistics=True)
-        self.publish_bytes(path, buffer.getvalue())
+        self.publish_bytes(path, _parquet_bytes(table))
+
+    def create_table(self, path: str, table: pa.Table) -> bool:
+        """Publish ``table`` at ``path`` only if absent (``create_exclusive``); True if
+        this call created it. For files that must never be replaced once published."""
+        return self.create_exclusive(path, _parquet_bytes(table))
 
     def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open_input_file(path) as handle:
@@ -470,6 +471,14 @@ class Store:
                 except FileNotFoundError:
                     continue
         return removed
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    # No dictionary/statistics surprises: plain zstd so identical tables give identical
+    # bytes (scorers racing on one shard must write the same file).
+    pq.write_table(table, buffer, compression="zstd", write_statistics=True)
+    return buffer.getvalue()
 
 
 def _reason(error: OSError) -> str:

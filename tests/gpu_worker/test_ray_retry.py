@@ -113,6 +113,10 @@ def test_worker_that_cannot_start_says_why(tmp_path, data_dir, ray_address) -> N
     spec = spec_for(data_dir, "nostart").model_copy(update={"backend": "unsloth"})
     with pytest.raises(TandemError, match="a worker could not start: .*NVIDIA"):
         run_generation(spec, str(tmp_path / "store"), local=False, workers=1, progress=False)
+    # The job still leaves its record, saying why; no run was started.
+    (job,) = Store(tmp_path / "store").jobs("nostart")
+    assert job.status == "failed" and "NVIDIA" in (job.error or "")
+    assert not Store(tmp_path / "store").list_runs()
 
 
 def test_job_stopped_by_failures_resumes(tmp_path, data_dir, ray_address, monkeypatch) -> None:
