@@ -52,7 +52,10 @@ def test_a_lost_cpu_node_is_recovered_without_duplicate_or_missing_shards(
     store = fresh_copy(base, tmp_path / "store")
 
     env = child_env()
-    env["TANDEM_TEST_SHARD_DELAY"] = "0.4"
+    # Each task (2 shards) takes ~4 s: well beyond the state API's ~1 s lag in reporting
+    # task events, so a task it shows running on the victim is still running at the kill
+    # (at 0.4 s a shard, a loaded machine once saw the kill land between two tasks).
+    env["TANDEM_TEST_SHARD_DELAY"] = "2.0"
     log = tmp_path / "job.log"
     with local_ray_cluster([{}, {}], head_num_cpus=0) as cluster:
         temp_dir = Path(cluster.temp_dir)
