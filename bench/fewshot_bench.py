@@ -161,7 +161,7 @@ def bench_mmlu(threads: int, repeat: int, batch_size: int) -> bool:
         spec = work / "spec.toml"
         spec.write_text(
             f'run_id = "mmlu-bench"\ntasks = ["mmlu"]\nlimit = {{ mmlu = {PER_SUBJECT} }}\n'
-            'precision = "fp32"\n'
+            'num_fewshot = { mmlu = 5 }\nprecision = "fp32"\n'
         )
         for turn in range(repeat):
             store = work / f"store{turn}"
