@@ -173,7 +173,8 @@ def _mutate(root: Path, outside: Path, mutation: tuple) -> None:
         names = ["Bad Task", "UPPER", "nosuchtask", ".hidden", "a..b"]
         folder = shard.parents[1] / names[choice]
         folder.mkdir(exist_ok=True)
-        shutil.copy(other, folder / other.name)
+        if other.parent != folder:  # an earlier mutation may have put it there already
+            shutil.copy(other, folder / other.name)
     elif kind == "symlink":
         link = shard.parent / "0000090-0000092.parquet"
         if not link.exists():
