@@ -329,11 +329,6 @@ def _calibrate(
         sizes[name] = len(everything)
         probe = everything[: min(options.probe, len(everything))]
         chat = use_chat(spec, task, backend.has_chat_template())
-        # One item untimed first: the first forward of a process (thread pools, kernel
-        # selection) and of a task (its tokenizer work) cost extra once, and that must
-        # not make the first task measured look dear (PIQA measured 4.5x ARC-Easy's
-        # seconds per item before this).
-        build_shard(backend, spec, task, ShardRef("calibration", name, 0, 1), probe[:1], chat, {})
         ref = ShardRef("calibration", name, 0, len(probe))
         began = time.monotonic()
         build_shard(backend, spec, task, ref, probe, chat, {})
