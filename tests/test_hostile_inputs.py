@@ -138,20 +138,27 @@ def test_disk_full_while_generating_then_the_rerun_completes(tmp_path: Path, cap
     assert _generate(tmp_path, clean, capsys)[0] == 0
     from shared import atomic
 
-    real = atomic.write_file
+    real_write, real_create = atomic.write_file, atomic.create_file
     calls = {"n": 0}
 
-    def full_after_two(path, data):
-        calls["n"] += 1
-        if calls["n"] > 1:  # run.json (created exclusively) and one shard fit, then full
-            raise atomic.write_error(str(path), OSError(errno.ENOSPC, "No space left"))
-        return real(path, data)
+    def full_after_one_shard(real):
+        # Shards are created exclusively (a published shard is never replaced), other
+        # files written in place: the disk fills up for both once one shard is in.
+        def write(path, data):
+            if str(path).endswith(".parquet"):
+                calls["n"] += 1
+                if calls["n"] > 1:
+                    raise atomic.write_error(str(path), OSError(errno.ENOSPC, "No space left"))
+            return real(path, data)
 
-    atomic.write_file = full_after_two
+        return write
+
+    atomic.write_file = full_after_one_shard(real_write)
+    atomic.create_file = full_after_one_shard(real_create)
     try:
         code, err = _generate(tmp_path, store, capsys)
     finally:
-        atomic.write_file = real
+        atomic.write_file, atomic.create_file = real_write, real_create
     (line,) = [line for line in err.splitlines() if line.startswith("tandem: error:")]
     assert code == 2 and "the disk is full; nothing partial was left behind" in line
     _no_temp_files(store)
