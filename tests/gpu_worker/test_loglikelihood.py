@@ -225,7 +225,9 @@ def test_fewshot_items_share_their_block_and_keep_their_numbers(backend):
     equals the plain forward's, as without sharing."""
     from gpu_worker.backends import LoglikelihoodRequest
 
-    samples = load_samples(TASKS["mmlu"], DATA, 4, num_fewshot=5)
+    # MMLU's limit counts per subject (as lm-eval's --limit does): the first subject's 4.
+    samples = load_samples(TASKS["mmlu"], DATA, 4, num_fewshot=5)[:4]
+    assert len({s.doc["subject"] for s in samples}) == 1
     requests = [LoglikelihoodRequest(s.prompt, c) for s in samples for c in s.choices]
     results = backend.loglikelihood(requests)
     assert {r.batch_size for r in results} == {len(requests)}  # one row, one forward
