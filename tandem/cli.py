@@ -138,7 +138,6 @@ def _job_line(result) -> str:  # type: ignore[no-untyped-def]
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from cpu_scorer.aggregations import AggregateOptions
-    from cpu_scorer.report import print_summary
     from cpu_scorer.scoring import score_once
     from shared.store import Store
 
@@ -168,13 +167,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             )
         )
         failed += tally.failed + tally.unconfirmed
-        try:
-            summary = store.summary(run_id)
-        except TandemError as error:
-            print(f"run {run_id}: {error}", file=sys.stderr)
-            continue
-        if summary is not None:
-            print_summary(summary)
+        _print_run_summary(store, run_id)
     if not tallies:
         print(f"no runs in {store.uri}")
     # 0: nothing left pending (bad shards are quarantined, which is an outcome); 1: some
@@ -183,8 +176,20 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _score_on_ray(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
+def _print_run_summary(store, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    """A scored run's summary table, or on stderr why it cannot be read."""
     from cpu_scorer.report import print_summary
+
+    try:
+        summary = store.summary(run_id)
+    except TandemError as error:
+        print(f"run {run_id}: {error}", file=sys.stderr)
+        return
+    if summary is not None:
+        print_summary(summary)
+
+
+def _score_on_ray(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
     from tandem.ray_score import score_on_ray
 
     result = score_on_ray(
@@ -222,13 +227,7 @@ def _score_on_ray(args: argparse.Namespace, store) -> int:  # type: ignore[no-un
             )
         )
         failed += closing.failed + closing.unconfirmed
-        try:
-            summary = store.summary(run_id)
-        except TandemError as error:
-            print(f"run {run_id}: {error}", file=sys.stderr)
-            continue
-        if summary is not None:
-            print_summary(summary)
+        _print_run_summary(store, run_id)
     if not result.runs:
         print(f"no runs in {store.uri}")
     return 1 if failed else 0
