@@ -348,7 +348,7 @@ class GreedyDecoder:
                 logits_to_keep=1,
                 use_cache=True,
             )
-            prefix = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            prefix = getattr(out, self.cache_argument, None)
             if not self._plain_cache(prefix):
                 return None
         for group in self._prefill_groups(rests):
@@ -377,7 +377,7 @@ class GreedyDecoder:
                 use_cache=True,
                 **extra,
             )
-            cache: Any = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            cache: Any = getattr(out, self.cache_argument, None)
             if not self._plain_cache(cache):
                 return None
             where = torch.tensor(group, device=self.device)

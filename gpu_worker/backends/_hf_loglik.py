@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from gpu_worker import tokens as token_rules
+from gpu_worker.backends._hf_decode import forward_parameters
 from gpu_worker.backends.base import LoglikelihoodResult, RollingResult
 from gpu_worker.batching import length_sorted_batches
 
@@ -59,15 +60,20 @@ class LoglikelihoodScorer:
         self.max_length = max_length
         self.batch_size = batch_size
         self.pack = pack
+        config = getattr(model, "config", None)
+        hidden = int(getattr(config, "hidden_size", 1024) or 1024)
         if pack_tokens is None:
             # Attention over a row costs ~row/(6 x hidden size) of the linear layers per
             # token, so rows near the hidden size keep it a small share; GPUs want longer
             # rows to stay busy.
-            config = getattr(model, "config", None)
-            hidden = int(getattr(config, "hidden_size", 1024) or 1024)
             floor, ceiling = (2048, 8192) if device == "cuda" else (512, 2048)
             pack_tokens = max(floor, min(ceiling, hidden))
         self.pack_tokens = pack_tokens
+        # One query-key pair of attention relative to one token through the linear
+        # layers (~4 x hidden FLOPs a layer against ~24 x hidden^2).
+        self.pair_cost = 1 / (6 * hidden)
+        # transformers 5.x renamed forward's past_key_values to cache.
+        self.cache_argument = "cache" if "cache" in forward_parameters(model) else "past_key_values"
 
     @property
     def packing_depth(self) -> int:
@@ -170,7 +176,7 @@ class LoglikelihoodScorer:
         its own sequence, as in a plain forward."""
         sequences = [tuple(context + cont[:-1]) for context, cont in pairs]
         dtype = self.model.get_input_embeddings().weight.dtype
-        for chunk in _pack_rows(sequences, self.pack_tokens):
+        for chunk in _pack_rows(sequences, self.pack_tokens, self.pair_cost):
             started = time.perf_counter()
             tokens: list[int] = []
             depth: list[int] = []
@@ -191,30 +197,71 @@ class LoglikelihoodScorer:
                 scored_nodes[i] = path[len(pairs[i][0]) - 1 :]
             keep = sorted({node for nodes in scored_nodes.values() for node in nodes})
             row_of = {node: row for row, node in enumerate(keep)}
-            nodes = torch.arange(len(tokens), device=self.device)
-            ends = torch.tensor(end, device=self.device)
-            # Query i sees key j when j is i or an ancestor: j <= i < end[j].
-            visible = (nodes[None, :] <= nodes[:, None]) & (nodes[:, None] < ends[None, :])
-            mask = torch.full(
-                visible.shape, torch.finfo(dtype).min, dtype=dtype, device=self.device
-            )
-            mask.masked_fill_(visible, 0.0)
-            del visible
-            logits = self.model(
-                input_ids=torch.tensor([tokens], device=self.device),
-                position_ids=torch.tensor([depth], device=self.device),
-                attention_mask=mask[None, None],
-                logits_to_keep=torch.tensor(keep, device=self.device),
-                use_cache=False,
-            ).logits[0]
-            if logits.shape[0] != len(keep):  # a forward that ignores logits_to_keep
-                logits = logits[keep]
+            # The trunk: the nodes every sequence of the row starts with (a few-shot block).
+            trunk = min([len(sequences[chunk[0][0]])] + [shared for _, shared in chunk[1:]])
+            logits = self._tree_forward(tokens, depth, end, keep, trunk, dtype)
             log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
             seconds = time.perf_counter() - started
             for i, _ in chunk:
                 context_ids, cont_ids = pairs[i]
                 rows = log_probs[[row_of[node] for node in scored_nodes[i]]]
                 yield i, _pick(rows, cont_ids, len(context_ids), seconds, len(chunk))
+
+    def _tree_forward(
+        self,
+        tokens: list[int],
+        depth: list[int],
+        end: list[int],
+        keep: list[int],
+        trunk: int,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Logits at the ``keep`` nodes of one packed tree (``end[j]``: one past node j's
+        last descendant). Its trunk, when long enough to matter, runs as a plain causal
+        sequence (no mask: the attention kernel's fast causal path) whose KV cache the
+        branches then attend to: the branches' mask is branches x row, not row x row, so
+        a 3,000-token few-shot block with five 80-token questions behind it costs its
+        own causal attention plus 400 x 3,400 masked pairs, not 3,400^2."""
+        if trunk < MIN_SHARED:
+            trunk = 0
+        ids = torch.tensor([tokens], device=self.device)
+        positions = torch.tensor([depth], device=self.device)
+        head = [node for node in keep if node < trunk]
+        tail = [node - trunk for node in keep if node >= trunk]
+        pieces: list[torch.Tensor] = []
+        cache = None
+        if trunk:
+            out = self.model(
+                input_ids=ids[:, :trunk],
+                position_ids=positions[:, :trunk],
+                logits_to_keep=torch.tensor(head or [trunk - 1], device=self.device),
+                use_cache=trunk < len(tokens),
+            )
+            if head:
+                pieces.append(_kept(out.logits[0], head))
+            cache = getattr(out, self.cache_argument, None)
+        if trunk < len(tokens):
+            rows = torch.arange(trunk, len(tokens), device=self.device)
+            keys = torch.arange(len(tokens), device=self.device)
+            ends = torch.tensor(end, device=self.device)
+            # Node i sees node j when j is i or an ancestor: j <= i < end[j]. Every trunk
+            # node is an ancestor of every branch node.
+            visible = (keys[None, :] <= rows[:, None]) & (rows[:, None] < ends[None, :])
+            mask = torch.full(
+                visible.shape, torch.finfo(dtype).min, dtype=dtype, device=self.device
+            )
+            mask.masked_fill_(visible, 0.0)
+            del visible
+            out = self.model(
+                input_ids=ids[:, trunk:],
+                position_ids=positions[:, trunk:],
+                attention_mask=mask[None, None],
+                logits_to_keep=torch.tensor(tail, device=self.device),
+                use_cache=cache is not None,
+                **({self.cache_argument: cache} if cache is not None else {}),
+            )
+            pieces.append(_kept(out.logits[0], tail))
+        return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
     @torch.inference_mode()
     def _forward_rows(
@@ -250,29 +297,34 @@ class LoglikelihoodScorer:
         return [o for o in out if o is not None]
 
 
-# A sequence sharing at least this many tokens with its row -- and more than it adds --
-# stays in the row past the budget (up to SHARE_GROWTH times it): starting a new row
-# would run the shared part (a few-shot block: hundreds of tokens) through the model
-# again, which costs far more than the longer row's attention.
+# Prefixes shorter than this are not worth sharing across rows or splitting off as a
+# row's trunk (a few-shot block is hundreds of tokens).
 MIN_SHARED = 32
-SHARE_GROWTH = 4
 
 
-def _pack_rows(sequences: list[tuple[int, ...]], budget: int) -> Iterator[list[tuple[int, int]]]:
+def _pack_rows(
+    sequences: list[tuple[int, ...]], budget: int, pair_cost: float
+) -> Iterator[list[tuple[int, int]]]:
     """Rows of ``(index, shared)``: the sequences in lexicographic order (the depth-first
     order of their prefix tree), cut where a row's tree would pass ``budget`` nodes,
     each with the tokens it shares with the one before it in its row; a sequence adds
     its length minus that to its row's tree. A sequence longer than the budget is a
     row alone (with the sequences that add nothing to it), unless it shares a long
-    prefix with the row (see MIN_SHARED): then rows grow to SHARE_GROWTH x budget (and
-    never past PACK_DEPTH_LIMIT nodes, the mask being row x row)."""
+    prefix with the row: starting a new row would run that prefix (a few-shot block)
+    through the model again, so the row grows past the budget for as long as the
+    attention its new nodes add costs less than that (``pair_cost``: one query-key pair
+    of attention relative to one token through the linear layers), and never past
+    PACK_DEPTH_LIMIT nodes."""
     row: list[tuple[int, int]] = []
     size = 0
-    cap = min(budget * SHARE_GROWTH, PACK_DEPTH_LIMIT)
     for i in sorted(range(len(sequences)), key=sequences.__getitem__):
         shared = token_rules.common_prefix(sequences[row[-1][0]], sequences[i]) if row else 0
         new = len(sequences[i]) - shared
-        sharing = shared >= max(new, MIN_SHARED) and size + new <= cap
+        sharing = (
+            shared >= max(new, MIN_SHARED)
+            and size + new <= PACK_DEPTH_LIMIT
+            and new * (size + new) * pair_cost < shared
+        )
         if new and row and size + new > budget and not sharing:
             yield row
             row, size, shared, new = [], 0, 0, len(sequences[i])
@@ -280,6 +332,12 @@ def _pack_rows(sequences: list[tuple[int, ...]], budget: int) -> Iterator[list[t
         size += new
     if row:
         yield row
+
+
+def _kept(logits: torch.Tensor, keep: list[int]) -> torch.Tensor:
+    """The rows of ``keep`` from a forward's logits, whether or not it honoured
+    ``logits_to_keep``."""
+    return logits if logits.shape[0] == len(keep) else logits[keep]
 
 
 def _pick(

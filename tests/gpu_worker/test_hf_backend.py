@@ -137,41 +137,102 @@ def test_packed_rows_equal_full_rows(embedded_backend, monkeypatch, pack_tokens)
         assert max(seen) < len(requests)  # ... in several rows
 
 
+# A few-shot block past MIN_SHARED tokens: a row's trunk runs once as a plain causal
+# sequence and the questions attend to its KV cache. The first request's input (its
+# context; " make" is one token) is a prefix of every other, so a scored position lies
+# in the trunk too.
+BLOCK = "".join(f"Question: What is {a} plus {a}?\nAnswer: {2 * a}\n\n" for a in range(2, 7))
+TRUNK_QUESTIONS = {
+    BLOCK + "Question: What do bees": [" make"],
+    BLOCK + "Question: What do bees make?\nAnswer:": [" honey", " honey from nectar", " milk"],
+    BLOCK + "Question: What do cows drink?\nAnswer:": [" water", " milk"],
+}
+
+
+class _ForwardSpy:
+    """The model, with each forward's use of a mask and a cache recorded."""
+
+    def __init__(self, model, calls):
+        self._model, self._calls = model, calls
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, *args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self._calls.append((kwargs.get("attention_mask") is not None, cache is not None))
+        return self._model(*args, **kwargs)
+
+
+@pytest.mark.parametrize("ignores_logits_to_keep", [False, True])
+def test_a_shared_trunk_runs_once_causally_and_gives_the_same_numbers(
+    embedded_backend, monkeypatch, ignores_logits_to_keep
+):
+    backend = embedded_backend
+    requests = [LoglikelihoodRequest(c, k) for c, ks in TRUNK_QUESTIONS.items() for k in ks]
+    pairs = [backend.split_pair(r.context, r.continuation) for r in requests]
+    assert len(pairs[0][1]) == 1 and len(pairs[0][0]) > 32
+    expected = _full_rows(backend, requests)
+    calls = []
+    model = _IgnoresLogitsToKeep(backend.model) if ignores_logits_to_keep else backend.model
+    monkeypatch.setattr(backend.scorer, "model", _ForwardSpy(model, calls))
+    _assert_same(backend.loglikelihood(requests), expected, requests)
+    # One row: the trunk without a mask (the kernel's causal path), then the branches
+    # with a mask and the trunk's cache.
+    assert calls == [(False, False), (True, True)]
+
+
 def test_packing_shares_prefixes_and_pads_nothing():
     from gpu_worker.backends._hf_loglik import _pack_rows
 
     sequences = [(1, 2, 3, 4), (1, 2, 3, 5), (1, 2, 3, 5), (1, 2), (9, 9, 9, 9, 9, 9), (7,)]
 
     def rows(budget):
-        return [[i for i, _ in row] for row in _pack_rows(sequences, budget)]
+        return [[i for i, _ in row] for row in _pack_rows(sequences, budget, 1 / 3456)]
 
     # The tree of the first four has 5 nodes (1 2 3 4, 5); a row of 5 holds them all,
     # the duplicate and the prefix (1, 2) adding nothing.
     assert rows(5) == [[3, 0, 1, 2], [5], [4]]
     # Each comes with the tokens it shares with the one before it in its row.
-    assert next(_pack_rows(sequences, 5)) == [(3, 0), (0, 2), (1, 3), (2, 4)]
+    assert next(_pack_rows(sequences, 5, 1 / 3456)) == [(3, 0), (0, 2), (1, 3), (2, 4)]
     # A sequence longer than the row is a row of its own, with those adding nothing
     # to it (its duplicate).
     assert rows(3) == [[3], [0], [1, 2], [5], [4]]
-    assert list(_pack_rows(sequences, 3))[2] == [(1, 0), (2, 4)]
+    assert list(_pack_rows(sequences, 3, 1 / 3456))[2] == [(1, 0), (2, 4)]
 
 
-def test_a_long_shared_prefix_keeps_a_row_together_past_its_budget():
+def test_a_long_shared_prefix_keeps_a_row_together_past_its_budget(monkeypatch):
     """Few-shot contexts: five questions behind one 100-token block pack into one row
     (the block once) though each alone passes the 64-token budget; unrelated long
-    sequences still get rows of their own, and no row passes 4 x budget."""
+    sequences still get rows of their own. A row sharing its block grows while the
+    attention its new nodes add costs less than running the block again, and never
+    past PACK_DEPTH_LIMIT."""
+    from gpu_worker.backends import _hf_loglik
     from gpu_worker.backends._hf_loglik import _pack_rows
 
+    pair_cost = 1 / (6 * 64)
     block = tuple(range(1000, 1100))
     items = [block + tuple(range(10 * k, 10 * k + 10)) for k in range(5)]
     others = [tuple(range(2000 + 200 * k, 2000 + 200 * k + 80)) for k in range(2)]
-    rows = list(_pack_rows(items + others, 64))
+    rows = list(_pack_rows(items + others, 64, pair_cost))
     assert sorted(i for i, _ in rows[0]) == [0, 1, 2, 3, 4]
     assert [shared for _, shared in rows[0]] == [0, 100, 100, 100, 100]
     assert [[i for i, _ in row] for row in rows[1:]] == [[5], [6]]
-    many = [block + tuple(range(10 * k, 10 * k + 10)) for k in range(30)]
-    sizes = [100 + 10 * (len(row) - 1) + 10 for row in _pack_rows(many, 64)]
-    assert max(sizes) <= 256 and len(sizes) > 1
+
+    def sizes(many, cost):
+        return [100 + 10 * len(row) for row in _pack_rows(many, 64, cost)]
+
+    # 500 questions of 10 tokens: a question's 10 nodes attending to a row of s nodes
+    # cost 10 * s * pair_cost; the row is cut once that passes the block's 100 tokens.
+    many = [block + tuple(range(20_000 + 10 * k, 20_000 + 10 * k + 10)) for k in range(500)]
+    grown = sizes(many, pair_cost)
+    assert len(grown) > 1 and max(grown) > 64 * 4
+    assert all(10 * (size - 10) * pair_cost < 100 for size in grown)
+    assert all(10 * (size + 10) * pair_cost >= 100 for size in grown[:-1])
+    # ... and never past the depth limit, however cheap attention is.
+    monkeypatch.setattr(_hf_loglik, "PACK_DEPTH_LIMIT", 1000)
+    capped = sizes(many, 1e-9)
+    assert max(capped) <= 1000 and len(capped) == 6
 
 
 def test_packing_depth_follows_the_attention_kernel_and_window(embedded_backend, monkeypatch):
