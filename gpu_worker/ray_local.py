@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -135,6 +136,13 @@ def _wait_ready(head: RayHead, process: subprocess.Popen, timeout: float, log_pa
     raise TandemError(f"ray head not ready after {timeout:.0f} s; log: {log_path}")
 
 
+# Seconds a head or node gets to exit on SIGTERM before its group is SIGKILLed. A quiet
+# `ray start --block` exits in about 2 s, but about one stop in three here it never does
+# (the leader and one child stay up while the rest are zombies), and a private head
+# keeps nothing worth a graceful exit: its temp dir is removed right after.
+STOP_GRACE_SECONDS = 5.0
+
+
 def _stop(process: subprocess.Popen) -> None:
     """Stop the process group ``process`` leads (its own session), every member of it.
 
@@ -147,7 +155,7 @@ def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         _killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
             pass
     # Whatever of the group outlived the leader (or ignored SIGTERM).
@@ -163,10 +171,15 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 def submit_command(
-    head: RayHead | RayCluster, entrypoint: list[str], env: dict[str, str] | None = None
+    head: RayHead | RayCluster,
+    entrypoint: list[str],
+    env: dict[str, str] | None = None,
+    submission_id: str | None = None,
 ) -> list[str]:
     """The ``ray job submit`` command line for the entrypoint (run it with ``ray_env()``)."""
     command = [ray_bin(), "job", "submit", "--address", head.dashboard_url]
+    if submission_id:
+        command += ["--submission-id", submission_id]
     if env:
         command += ["--runtime-env-json", json.dumps({"env_vars": env})]
     return [*command, "--", *entrypoint]
@@ -175,8 +188,35 @@ def submit_command(
 def submit_job(
     head: RayHead | RayCluster, entrypoint: list[str], env: dict[str, str] | None = None
 ) -> int:
-    """``ray job submit`` the entrypoint and stream its logs; returns the job's exit status."""
-    return subprocess.run(submit_command(head, entrypoint, env), env=ray_env()).returncode
+    """``ray job submit`` the entrypoint and stream its logs; returns the job's exit status.
+
+    Interrupted (Ctrl-C), it stops the job before it re-raises: a submitted job runs on
+    without the CLI that tails it, and its driver runs in a session of its own, so
+    stopping the head would leave the driver behind (and the head waits on it)."""
+    submission_id = f"tandem-{secrets.token_hex(6)}"
+    command = submit_command(head, entrypoint, env, submission_id)
+    try:
+        return subprocess.run(command, env=ray_env()).returncode
+    except KeyboardInterrupt:
+        print(f"stopping Ray job {submission_id} ...", file=sys.stderr, flush=True)
+        stop_job(head, submission_id)
+        raise
+
+
+def stop_job(head: RayHead | RayCluster, submission_id: str, timeout: float = 60.0) -> None:
+    """``ray job stop`` and wait until the job has ended (Ray sends its driver SIGTERM,
+    then SIGKILL); a job that never started or already ended is left as it is."""
+    command = [ray_bin(), "job", "stop", "--address", head.dashboard_url, submission_id]
+    try:
+        subprocess.run(
+            command,
+            env=ray_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        print(f"Ray job {submission_id} did not stop within {timeout:.0f} s", file=sys.stderr)
 
 
 # --- several nodes on one machine -------------------------------------------------------

@@ -60,3 +60,71 @@ def test_ray_job_submit_generates_and_the_scorer_scores(tmp_path, data_dir, ray_
     # A second submit finds every shard done and generates nothing.
     assert submit_job(ray_head, [tandem, "generate", str(spec), "--store", str(store_dir)]) == 0
     assert len(store.list_shards("e2e-ray", "generations", "ifeval")) == 2
+
+
+# A driver as `tandem demo` is: a private head, a job submitted and tailed through it.
+INTERRUPTED_DRIVER = """\
+import sys
+from gpu_worker.ray_local import local_ray_head, submit_job
+
+with local_ray_head() as head:
+    print("TEMP", head.temp_dir, flush=True)
+    submit_job(head, [sys.executable, "-c", {job!r}])
+"""
+# The job: writes its pid, then runs for ten minutes.
+LONG_JOB = "import os, time; open({pid!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+
+
+def test_ctrl_c_stops_the_submitted_job_and_the_head(tmp_path):
+    """Ctrl-C while a job is tailed: the job is stopped (its driver runs in a session of
+    its own, so stopping the head alone would leave it running) and the head with it;
+    nothing of either is left."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pytest.importorskip("ray")
+    pid_file = tmp_path / "job.pid"
+    script = tmp_path / "driver.py"
+    script.write_text(INTERRUPTED_DRIVER.format(job=LONG_JOB.format(pid=str(pid_file))))
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    log = tmp_path / "driver.log"
+    with log.open("wb") as out:
+        driver = subprocess.Popen(
+            [sys.executable, str(script)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a terminal's Ctrl-C signals the whole group
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not pid_file.exists() and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pid_file.exists(), log.read_text()[-3000:]
+        time.sleep(0.5)  # the pid is written
+        job_pid = int(pid_file.read_text())
+        os.killpg(driver.pid, signal.SIGINT)
+        returncode = driver.wait(timeout=120)  # a hang guard, not a timing check
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    output = log.read_text()
+    assert returncode != 0 and "KeyboardInterrupt" in output, output[-3000:]
+    assert "stopping Ray job tandem-" in output
+    with pytest.raises(ProcessLookupError):
+        os.kill(job_pid, 0)
+    temp_dir = next(line.split()[1] for line in output.splitlines() if line.startswith("TEMP "))
+    assert not Path(temp_dir).exists()
+    left = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if temp_dir in command or str(pid_file) in command:
+            left.append(command[:200])
+    assert left == []

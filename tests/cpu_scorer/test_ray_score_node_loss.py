@@ -99,8 +99,7 @@ def test_a_lost_cpu_node_is_recovered_without_duplicate_or_missing_shards(
         ]
         lost = [t for t in tasks if t.state == "FAILED"]
         attempts = [
-            (t.task_id[-8:], t.attempt_number, t.state, t.error_type, t.node_id[-8:])
-            for t in tasks
+            (t.task_id[-8:], t.attempt_number, t.state, t.error_type, t.node_id[-8:]) for t in tasks
         ]
         assert lost and {t.error_type for t in lost} == {"NODE_DIED"}, (victim.node_id, attempts)
         assert {t.node_id for t in lost} == {victim.node_id}
