@@ -205,18 +205,29 @@ def submit_job(
 
 def stop_job(head: RayHead | RayCluster, submission_id: str, timeout: float = 60.0) -> None:
     """``ray job stop`` and wait until the job has ended (Ray sends its driver SIGTERM,
-    then SIGKILL); a job that never started or already ended is left as it is."""
+    then SIGKILL). Its own session: a second Ctrl-C must not cut the stop short. A stop
+    that fails says so with Ray's words (a job interrupted before it was submitted is
+    "not found")."""
     command = [ray_bin(), "job", "stop", "--address", head.dashboard_url, submission_id]
     try:
-        subprocess.run(
+        done = subprocess.run(
             command,
             env=ray_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
             timeout=timeout,
+            start_new_session=True,
         )
     except subprocess.TimeoutExpired:
         print(f"Ray job {submission_id} did not stop within {timeout:.0f} s", file=sys.stderr)
+        return
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        print(
+            f"ray job stop {submission_id} failed (exit {done.returncode}): "
+            + (lines[-1] if lines else "no output"),
+            file=sys.stderr,
+        )
 
 
 # --- several nodes on one machine -------------------------------------------------------

@@ -101,11 +101,12 @@ def test_ctrl_c_stops_the_submitted_job_and_the_head(tmp_path):
         )
     try:
         deadline = time.monotonic() + 180
-        while not pid_file.exists() and driver.poll() is None and time.monotonic() < deadline:
+        job_pid = 0
+        while not job_pid and driver.poll() is None and time.monotonic() < deadline:
+            text = pid_file.read_text() if pid_file.exists() else ""
+            job_pid = int(text) if text.strip().isdigit() else 0
             time.sleep(0.2)
-        assert pid_file.exists(), log.read_text()[-3000:]
-        time.sleep(0.5)  # the pid is written
-        job_pid = int(pid_file.read_text())
+        assert job_pid, log.read_text()[-3000:]
         os.killpg(driver.pid, signal.SIGINT)
         returncode = driver.wait(timeout=120)  # a hang guard, not a timing check
     finally:
@@ -114,17 +115,35 @@ def test_ctrl_c_stops_the_submitted_job_and_the_head(tmp_path):
             driver.wait()
     output = log.read_text()
     assert returncode != 0 and "KeyboardInterrupt" in output, output[-3000:]
-    assert "stopping Ray job tandem-" in output
-    with pytest.raises(ProcessLookupError):
-        os.kill(job_pid, 0)
+    assert "stopping Ray job tandem-" in output and " failed (exit " not in output, output[-3000:]
     temp_dir = next(line.split()[1] for line in output.splitlines() if line.startswith("TEMP "))
     assert not Path(temp_dir).exists()
-    left = []
+    # The job was stopped before the driver returned; a Ray process that outlived its
+    # group (a worker noticing its raylet gone) gets a few seconds to go.
+    assert not _alive(job_pid)
+    deadline = time.monotonic() + 15
+    while _naming(temp_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _naming(temp_dir) == []
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie awaiting its reaper is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _naming(text: str) -> list[str]:
+    """Command lines of running processes that mention ``text``."""
+    found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if temp_dir in command or str(pid_file) in command:
-            left.append(command[:200])
-    assert left == []
+        if text in command:
+            found.append(command[:200])
+    return found

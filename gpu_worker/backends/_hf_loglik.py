@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from gpu_worker import tokens as token_rules
 from gpu_worker.backends._hf_decode import forward_parameters
@@ -28,6 +30,9 @@ LOGLIK_TOKEN_BUDGET = 8192
 # Longest sequence packed (its row's mask is length^2: 8192 tokens -> 256 MB in fp32);
 # longer ones run as plain causal rows.
 PACK_DEPTH_LIMIT = 8192
+
+# Layer kinds a packed row's custom mask describes exactly (config.layer_types).
+ATTENTION_LAYERS = frozenset({"full_attention", "sliding_attention"})
 
 # A request's (context token ids, continuation token ids), split by lm-eval's rule.
 Pair = tuple[list[int], list[int]]
@@ -80,12 +85,25 @@ class LoglikelihoodScorer:
         """Longest sequence a packed row may hold: the position window, or the sliding
         window where a model has one (a custom mask replaces transformers' own, so the
         window must never bind), and at most PACK_DEPTH_LIMIT (the mask is row x row);
-        0 where the attention kernel takes no custom mask. Read from the model's config
-        on each call: the kernel can be switched after loading."""
+        0 where the attention kernel takes no custom mask, where a layer is not
+        attention (a recurrent state would run through sibling branches one after
+        another) and where the rotary frequencies depend on the longest position in the
+        forward (``dynamic``, ``longrope``: a packed row's would differ from each
+        request's own). Read from the model's config on each call: the kernel can be
+        switched after loading."""
         if not self.pack:
             return 0
         config = self.model.config
         if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+            return 0
+        layer_types = getattr(config, "layer_types", None) or ()
+        if any(kind not in ATTENTION_LAYERS for kind in layer_types):
+            return 0
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+        if isinstance(rope, dict) and (rope.get("rope_type") or rope.get("type")) in (
+            "dynamic",
+            "longrope",
+        ):
             return 0
         depth = min(self.max_length, PACK_DEPTH_LIMIT)
         window = getattr(config, "sliding_window", None)
@@ -237,9 +255,12 @@ class LoglikelihoodScorer:
                 logits_to_keep=torch.tensor(head or [trunk - 1], device=self.device),
                 use_cache=trunk < len(tokens),
             )
+            cache = getattr(out, self.cache_argument, None)
+            if trunk < len(tokens) and not _plain_cache(cache):
+                # A cache the branches cannot simply extend: the whole row, masked.
+                return self._tree_forward(tokens, depth, end, keep, 0, dtype)
             if head:
                 pieces.append(_kept(out.logits[0], head))
-            cache = getattr(out, self.cache_argument, None)
         if trunk < len(tokens):
             rows = torch.arange(trunk, len(tokens), device=self.device)
             keys = torch.arange(len(tokens), device=self.device)
@@ -332,6 +353,14 @@ def _pack_rows(
         size += new
     if row:
         yield row
+
+
+def _plain_cache(cache: Any) -> bool:
+    """Whether ``cache`` holds every layer's keys and values in full (what the branches
+    of a row extend); anything else (none, quantized, static, recurrent) is not used."""
+    return type(cache) is DynamicCache and all(
+        type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers
+    )
 
 
 def _kept(logits: torch.Tensor, keep: list[int]) -> torch.Tensor:

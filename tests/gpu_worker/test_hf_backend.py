@@ -139,11 +139,11 @@ def test_packed_rows_equal_full_rows(embedded_backend, monkeypatch, pack_tokens)
 
 # A few-shot block past MIN_SHARED tokens: a row's trunk runs once as a plain causal
 # sequence and the questions attend to its KV cache. The first request's input (its
-# context; " make" is one token) is a prefix of every other, so a scored position lies
-# in the trunk too.
+# context; " bees" is one token) is the prefix every other input shares, so the trunk is
+# exactly that input and its scored position lies in the trunk.
 BLOCK = "".join(f"Question: What is {a} plus {a}?\nAnswer: {2 * a}\n\n" for a in range(2, 7))
 TRUNK_QUESTIONS = {
-    BLOCK + "Question: What do bees": [" make"],
+    BLOCK + "Question: What do": [" bees"],
     BLOCK + "Question: What do bees make?\nAnswer:": [" honey", " honey from nectar", " milk"],
     BLOCK + "Question: What do cows drink?\nAnswer:": [" water", " milk"],
 }
@@ -160,7 +160,13 @@ class _ForwardSpy:
 
     def __call__(self, *args, **kwargs):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        self._calls.append((kwargs.get("attention_mask") is not None, cache is not None))
+        self._calls.append(
+            (
+                kwargs.get("attention_mask") is not None,
+                cache is not None,
+                kwargs["input_ids"].shape[1],
+            )
+        )
         return self._model(*args, **kwargs)
 
 
@@ -177,9 +183,36 @@ def test_a_shared_trunk_runs_once_causally_and_gives_the_same_numbers(
     model = _IgnoresLogitsToKeep(backend.model) if ignores_logits_to_keep else backend.model
     monkeypatch.setattr(backend.scorer, "model", _ForwardSpy(model, calls))
     _assert_same(backend.loglikelihood(requests), expected, requests)
-    # One row: the trunk without a mask (the kernel's causal path), then the branches
-    # with a mask and the trunk's cache.
-    assert calls == [(False, False), (True, True)]
+    # One row: the trunk (the first request's whole input) without a mask, the kernel's
+    # causal path; then the branches with a mask and the trunk's cache.
+    trunk = len(pairs[0][0])
+    inputs = [tuple(c + k[:-1]) for c, k in pairs]
+    nodes = len({seq[: i + 1] for seq in inputs for i in range(len(seq))})  # tree nodes
+    assert calls == [(False, False, trunk), (True, True, nodes - trunk)]
+
+
+class _DropsTheCache(_ForwardSpy):
+    """A model whose forward returns no cache (one the branches could not extend)."""
+
+    def __call__(self, *args, **kwargs):
+        out = super().__call__(*args, **kwargs)
+        for name in ("cache", "past_key_values"):
+            if name in out:
+                out[name] = None
+        return out
+
+
+def test_a_trunk_whose_cache_is_unusable_runs_as_one_masked_row(embedded_backend, monkeypatch):
+    backend = embedded_backend
+    requests = [LoglikelihoodRequest(c, k) for c, ks in TRUNK_QUESTIONS.items() for k in ks]
+    pairs = [backend.split_pair(r.context, r.continuation) for r in requests]
+    expected = _full_rows(backend, requests)
+    calls = []
+    monkeypatch.setattr(backend.scorer, "model", _DropsTheCache(backend.model, calls))
+    _assert_same(backend.loglikelihood(requests), expected, requests)
+    inputs = [tuple(c + k[:-1]) for c, k in pairs]
+    nodes = len({seq[: i + 1] for seq in inputs for i in range(len(seq))})
+    assert calls == [(False, False, len(pairs[0][0])), (True, False, nodes)]
 
 
 def test_packing_shares_prefixes_and_pads_nothing():
@@ -227,7 +260,9 @@ def test_a_long_shared_prefix_keeps_a_row_together_past_its_budget(monkeypatch):
     many = [block + tuple(range(20_000 + 10 * k, 20_000 + 10 * k + 10)) for k in range(500)]
     grown = sizes(many, pair_cost)
     assert len(grown) > 1 and max(grown) > 64 * 4
-    assert all(10 * (size - 10) * pair_cost < 100 for size in grown)
+    # A row's last question went in because 10 x (its row's size then + 10) x pair_cost
+    # was under the block's 100; one more would not have.
+    assert all(10 * size * pair_cost < 100 for size in grown)
     assert all(10 * (size + 10) * pair_cost >= 100 for size in grown[:-1])
     # ... and never past the depth limit, however cheap attention is.
     monkeypatch.setattr(_hf_loglik, "PACK_DEPTH_LIMIT", 1000)
@@ -249,6 +284,17 @@ def test_packing_depth_follows_the_attention_kernel_and_window(embedded_backend,
     with monkeypatch.context() as patch:
         # A kernel that takes no custom mask: nothing is packed.
         patch.setattr(config, "_attn_implementation_internal", "flash_attention_2")
+        assert scorer.packing_depth == 0
+    with monkeypatch.context() as patch:
+        # A recurrent layer would carry its state through sibling branches.
+        patch.setattr(config, "layer_types", ["full_attention", "linear_attention"], raising=False)
+        assert scorer.packing_depth == 0
+        patch.setattr(config, "layer_types", ["full_attention", "sliding_attention"])
+        assert scorer.packing_depth > 0
+    with monkeypatch.context() as patch:
+        # Rotary frequencies chosen from the longest position in the forward.
+        for name in ("rope_parameters", "rope_scaling"):
+            patch.setattr(config, name, {"rope_type": "dynamic", "factor": 2.0}, raising=False)
         assert scorer.packing_depth == 0
     monkeypatch.setattr(config, "sliding_window", 8, raising=False)
     assert scorer.packing_depth == 8
