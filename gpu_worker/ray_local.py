@@ -163,6 +163,21 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait(timeout=10)
 
 
+def processes_naming(text: str) -> list[str]:
+    """Command lines (first 200 characters) of running processes that mention ``text``:
+    what is left of a head whose temp dir it is (Ray's head, raylets, workers and agents
+    all name their session's temp dir)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in command:
+            found.append(command[:200])
+    return found
+
+
 def _killpg(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)

@@ -84,6 +84,8 @@ def test_ctrl_c_stops_the_submitted_job_and_the_head(tmp_path):
     import subprocess
     import time
 
+    from gpu_worker.ray_local import processes_naming
+
     pytest.importorskip("ray")
     pid_file = tmp_path / "job.pid"
     script = tmp_path / "driver.py"
@@ -122,9 +124,9 @@ def test_ctrl_c_stops_the_submitted_job_and_the_head(tmp_path):
     # group (a worker noticing its raylet gone) gets a few seconds to go.
     assert not _alive(job_pid)
     deadline = time.monotonic() + 15
-    while _naming(temp_dir) and time.monotonic() < deadline:
+    while processes_naming(temp_dir) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _naming(temp_dir) == []
+    assert processes_naming(temp_dir) == []
 
 
 def _alive(pid: int) -> bool:
@@ -134,16 +136,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _naming(text: str) -> list[str]:
-    """Command lines of running processes that mention ``text``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in command:
-            found.append(command[:200])
-    return found

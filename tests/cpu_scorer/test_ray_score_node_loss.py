@@ -42,7 +42,7 @@ def test_a_lost_cpu_node_is_recovered_without_duplicate_or_missing_shards(
     monkeypatch.setenv("RAY_raylet_start_wait_time_s", "120")
     from ray.util.state import list_tasks
 
-    from gpu_worker.ray_local import local_ray_cluster
+    from gpu_worker.ray_local import local_ray_cluster, processes_naming
 
     base = tmp_path / "base"
     generate(str(base), "node-loss", limit={"ifeval": 96, "tinymmlu": 96})
@@ -126,7 +126,7 @@ def test_a_lost_cpu_node_is_recovered_without_duplicate_or_missing_shards(
     for pgid in pgids:
         with pytest.raises(ProcessLookupError):
             os.killpg(pgid, 0)
-    assert _processes_naming(str(temp_dir)) == []
+    assert processes_naming(str(temp_dir)) == []
 
 
 def _just_started_on(dashboard_url: str, node_id: str, within_s: float = 3.5) -> bool:
@@ -146,17 +146,3 @@ def _just_started_on(dashboard_url: str, node_id: str, within_s: float = 3.5) ->
         and now_ms - t.start_time_ms < within_s * 1000
         for t in running
     )
-
-
-def _processes_naming(text: str) -> list[str]:
-    """Command lines of running processes that mention ``text`` (Ray's head, raylets,
-    workers and agents all name their session's temp dir)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in command:
-            found.append(command[:200])
-    return found
