@@ -4,7 +4,8 @@ Token for token what transformers' ``generate`` gives (tests/gpu_worker/test_hf_
 checks it), but faster on the batches an evaluation has: prompts are prefilled in
 groups of similar length instead of padded to the batch's longest, the chat template's
 system prompt goes through the model once per batch, the cache grows in place, only
-the last position reaches the LM head, and a row leaves the batch as soon as it ends.
+the last position reaches the LM head, a row leaves the batch as soon as it ends, and a
+prompt still waiting takes its slot (continuous batching).
 Models the loop cannot run (encoder-decoder, caches that are not a plain
 ``DynamicCache``) fall back to ``generate``.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -50,18 +52,22 @@ def forward_parameters(model: Any) -> Mapping[str, inspect.Parameter]:
 class _GrowingLayer(DynamicLayer):
     """A DynamicLayer whose keys/values are views of a buffer with free columns after
     them: a step writes its column in place instead of concatenating (a full copy of
-    the cache per layer per step, a fifth of a decode step at 120 tokens)."""
+    the cache per layer per step, a fifth of a decode step at 120 tokens). The buffer
+    also has free rows after the batch's: a row that ends gives its slot to the last
+    row (one row copied, not the whole cache), and a prompt that joins mid-stream takes
+    a free row (see GreedyDecoder._decode_greedy)."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int, rows: int = 0):
         super().__init__()
         self.device = keys.device
         self.is_initialized = True
         self._keys, self._values, self._length = keys, values, length
+        self._rows = rows or keys.shape[0]
         self._view()
 
     def _view(self) -> None:
-        self.keys = self._keys[:, :, : self._length]
-        self.values = self._values[:, :, : self._length]
+        self.keys = self._keys[: self._rows, :, : self._length]
+        self.values = self._values[: self._rows, :, : self._length]
 
     def update(self, key_states, value_states, *args, **kwargs):
         added = key_states.shape[-2]
@@ -69,25 +75,54 @@ class _GrowingLayer(DynamicLayer):
             grow = max(added, CACHE_GROWTH)
             self._keys = F.pad(self._keys, (0, 0, 0, grow))
             self._values = F.pad(self._values, (0, 0, 0, grow))
-        self._keys[:, :, self._length : self._length + added] = key_states
-        self._values[:, :, self._length : self._length + added] = value_states
-        self._length += added
+        end = self._length + added
+        self._keys[: self._rows, :, self._length : end] = key_states
+        self._values[: self._rows, :, self._length : end] = value_states
+        self._length = end
         self._view()
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self._keys, self._values = self._keys[indices], self._values[indices]
+        self._rows = len(indices)
+        self._view()
+
+    def move_rows(self, targets: torch.Tensor, sources: torch.Tensor, rows: int) -> None:
+        """Rows ``sources`` copied onto rows ``targets``; then the first ``rows`` rows
+        are the batch."""
+        if len(targets):
+            self._keys[targets] = self._keys[sources]
+            self._values[targets] = self._values[sources]
+        self._rows = rows
+        self._view()
+
+    def add_rows(self, other: _GrowingLayer, index: torch.Tensor, shared: int) -> None:
+        """Rows ``index`` of another cache laid out [shared prefix | padding | prompt],
+        appended after the batch's: the prompt ends at this cache's last column, zeros
+        fill the columns between. The caller checks that the prompt fits."""
+        keys = other._keys[index, :, : other._length]
+        values = other._values[index, :, : other._length]
+        count, width = keys.shape[0], keys.shape[2]
+        rows = slice(self._rows, self._rows + count)
+        start = self._length - (width - shared)
+        if self._rows + count > self._keys.shape[0] or start < shared:
+            raise ValueError("rows do not fit the cache")
+        for buffer, new in ((self._keys, keys), (self._values, values)):
+            buffer[rows, :, : self._length] = 0
+            buffer[rows, :, :shared] = new[:, :, :shared]
+            buffer[rows, :, start : self._length] = new[:, :, shared:]
+        self._rows += count
         self._view()
 
     def drop_columns(self, start: int, count: int) -> None:
-        """Forget ``count`` columns from ``start`` on (padding no remaining row uses)."""
-
-        def drop(buffer: torch.Tensor) -> torch.Tensor:
-            if start == 0:
-                return buffer[:, :, count:]
-            return torch.cat([buffer[:, :, :start], buffer[:, :, start + count :]], 2)
-
-        self._keys, self._values = drop(self._keys), drop(self._values)
+        """Forget ``count`` columns from ``start`` on (padding no remaining row uses);
+        the columns after them move left within the buffer, whose free columns stay."""
+        if start == 0:
+            self._keys, self._values = self._keys[:, :, count:], self._values[:, :, count:]
+        else:
+            live, end = slice(0, self._rows), self._length
+            for buffer in (self._keys, self._values):
+                buffer[live, :, start : end - count] = buffer[live, :, start + count : end].clone()
         self._length -= count
         self._view()
 
@@ -179,13 +214,36 @@ class GreedyDecoder:
             encoded = [prompts[index] for index in indices]
             lengths = [len(ids) for ids, _ in encoded]
             size = self._generation_batch_size(max(lengths) + max_new)
-            for batch in length_sorted_batches(lengths, size):
-                items = [encoded[i] for i in batch]
-                for position, result in zip(
-                    batch, self._generate_batch(items, max_new, stop, len(head)), strict=True
-                ):
-                    results[indices[position]] = result
+            order = sorted(range(len(indices)), key=lambda i: (-lengths[i], i))
+            done = self._generate_group([encoded[i] for i in order], size, max_new, stop, len(head))
+            for position, result in zip(order, done, strict=True):
+                results[indices[position]] = result
         return [r for r in results if r is not None]
+
+    def _generate_group(
+        self, items: list[Prompt], size: int, max_new: int, stop: tuple[str, ...], declared: int
+    ) -> list[GenerationResult]:
+        """Results for ``items`` (longest first) in order, ``size`` rows at a time. More
+        items than rows: one stream through the loop, a waiting prompt taking the slot
+        of each row that ends (see _decode_greedy); batches one after another where the
+        loop cannot run or the stream runs out of GPU memory."""
+        if self.loop_supported and len(items) > size:
+            try:
+                streamed = self._decode_greedy(items, max_new, stop, declared, slots=size)
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+                if not is_oom(error):
+                    raise
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+                log.warning("out of memory streaming %d rows; running batches instead", size)
+                streamed = None
+            if streamed is not None:
+                self.batch_sizes.append(size)
+                return streamed
+        results: list[GenerationResult] = []
+        for batch in length_sorted_batches([len(ids) for ids, _ in items], size):
+            results += self._generate_batch([items[i] for i in batch], max_new, stop, declared)
+        return results
 
     # ---- batch size ----------------------------------------------------------------------
     def _generation_batch_size(self, longest_total: int) -> int:
@@ -327,14 +385,15 @@ class GreedyDecoder:
         return supported
 
     def _prefill(
-        self, items: list[Prompt], shared: int, room: int
+        self, items: list[Prompt], shared: int, room: int, rows: int = 0
     ) -> tuple[DynamicCache, torch.Tensor] | None:
         """Every prompt through the model once, merged into one cache with ``room`` free
         columns at the end. The ``shared`` first tokens common to all prompts go through
         once; the rest of each prompt goes in groups of similar length. Layout of a row:
         [shared prefix | padding | rest of its prompt]; positions count real tokens
-        only, so the padding in the middle is as invisible as on the left. None if the
-        model's cache is not a plain DynamicCache."""
+        only, so the padding in the middle is as invisible as on the left. ``rows``: the
+        buffers' rows, when more than the prompts' (free rows for later prompts). None
+        if the model's cache is not a plain DynamicCache."""
         pad = self.tokenizer.pad_token_id
         rests = [len(ids) - shared for ids, _ in items]
         width = shared + max(rests)
@@ -385,100 +444,67 @@ class GreedyDecoder:
             for number, layer in enumerate(cache.layers):
                 if len(keys) <= number:
                     heads = layer.keys.shape[1]
-                    shape = (len(items), heads, width + room, layer.keys.shape[-1])
+                    count = max(rows, len(items))
+                    shape = (count, heads, width + room, layer.keys.shape[-1])
                     keys.append(layer.keys.new_zeros(shape))
-                    shape = (len(items), heads, width + room, layer.values.shape[-1])
+                    shape = (count, heads, width + room, layer.values.shape[-1])
                     values.append(layer.values.new_zeros(shape))
                 for buffer, states in ((keys[number], layer.keys), (values[number], layer.values)):
                     if shared:
                         buffer[where, :, :shared] = states[:, :, :shared]
                     buffer[where, :, width - g : width] = states[:, :, shared:]
         merged = DynamicCache()
-        merged.layers = [_GrowingLayer(k, v, width) for k, v in zip(keys, values, strict=True)]
+        merged.layers = [
+            _GrowingLayer(k, v, width, len(items)) for k, v in zip(keys, values, strict=True)
+        ]
         return merged, first
 
+    @torch.inference_mode()
     def _decode_greedy(
-        self, items: list[Prompt], max_new: int, stop: tuple[str, ...], declared: int = 0
+        self,
+        items: list[Prompt],
+        max_new: int,
+        stop: tuple[str, ...],
+        declared: int = 0,
+        slots: int | None = None,
     ) -> list[GenerationResult] | None:
         """Greedy decoding over ``model(...)`` with the KV cache, token for token what
         ``generate`` gives, but: prompts are prefilled without cross-group padding, the
         cache grows in place (DynamicCache concatenates: a copy of the whole cache
         every step), only the last position reaches the LM head, and a row leaves the
-        batch and the cache as soon as it ends (EOS, stop string, length), so the
-        long tail of an IFEval batch (max_new_tokens 1280, most answers far shorter)
-        runs at the size of the rows still going. ``declared``: the batch's shared
-        prefix (see generate), else the chat template's."""
-        pad = self.tokenizer.pad_token_id
+        batch and the cache as soon as it ends (EOS, stop string, length).
+
+        ``slots``: rows at once (None: every item). Items beyond them wait, in the
+        order given (longest first), and take the slot of a row that ends (continuous
+        batching): the batch stays full instead of running its tail at a few rows
+        while the next batch waits. A decoding step costs nearly as much at a few rows
+        as at a full batch on this machine's matmuls (45 ms at 1 row, 133 ms at 62),
+        so the steps saved are the gain. ``declared``: the items' shared prefix (see
+        generate), else the chat template's. None if the model's cache is not a plain
+        DynamicCache (generate runs instead)."""
         started = time.perf_counter()
-        lengths = [len(ids) for ids, _ in items]
-        shared = declared or self._shared_prefix(items)
-        width = max(lengths)
-        prefilled = self._prefill(items, shared, min(max_new, CACHE_GROWTH))
-        if prefilled is None:
-            return None
-        self._synchronize()
-        prefilled_at = time.perf_counter()
-        self.prefill_seconds += prefilled_at - started
-        cache, next_tokens = prefilled
-        mask = torch.ones((len(items), width + max_new), dtype=torch.long, device=self.device)
-        for row, length in enumerate(lengths):
-            mask[row, shared : shared + width - length] = 0
-        positions = torch.tensor(lengths, device=self.device)[:, None]
-        # A stop string is looked for in the decoded tail only: enough tokens to hold it.
-        window = max((len(s) for s in stop), default=0) + 4
-        generated: list[list[int]] = [[] for _ in items]
-        finish = ["length"] * len(items)
-        active = list(range(len(items)))
-        trimmed = 0  # padding columns dropped: rows needing them left the batch
-        for step in range(max_new):
-            keep = []
-            for slot, token in enumerate(next_tokens.tolist()):
-                row = active[slot]
-                if token in self.eos_ids:
-                    finish[row] = "eos"
-                    continue
-                if token == pad:
-                    # generate's output reads the same as a stop-string end; kept alike.
-                    finish[row] = "stop"
-                    continue
-                generated[row].append(token)
-                if stop:
-                    tail = self.tokenizer.decode(generated[row][-window:])
-                    if any(s in tail for s in stop):
-                        finish[row] = "stop"
-                        continue
-                if step + 1 < max_new:
-                    keep.append(slot)
-            if not keep:
+        stream = _Stream(self, items, max_new, stop, declared or self._shared_prefix(items))
+        slots = len(items) if slots is None else max(1, min(slots, len(items)))
+        while True:
+            if stream.active:
+                stream.keep(stream.check(stream.active, stream.tokens.tolist()))
+            if not stream.admit(slots):
+                return None
+            if not stream.active:
                 break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask, positions, next_tokens = mask[index], positions[index], next_tokens[index]
-                active = [active[slot] for slot in keep]
-                lead = min(width - lengths[row] for row in active) - trimmed
-                if lead >= 16:
-                    for layer in cache.layers:
-                        cast(_GrowingLayer, layer).drop_columns(shared, lead)
-                    mask = torch.cat([mask[:, :shared], mask[:, shared + lead :]], 1)
-                    trimmed += lead
-            seen = cache.get_seq_length()
-            out = self.model(
-                input_ids=next_tokens[:, None],
-                attention_mask=mask[:, : seen + 1],
-                position_ids=positions,
-                logits_to_keep=1,
-                use_cache=True,
-                **{self.cache_argument: cache},
-            )
-            next_tokens = out.logits[:, -1].argmax(-1)
-            positions = positions + 1
+            stream.step()
         self._synchronize()
         seconds = time.perf_counter() - started
-        self.decode_seconds += time.perf_counter() - prefilled_at
+        self.prefill_seconds += stream.prefill_seconds
+        self.decode_seconds += seconds - stream.prefill_seconds
+        # A row's share of the stream: time x slots / items, so that summing
+        # batch_seconds x 1 / batch_size over the rows gives the stream's time.
+        share = seconds * slots / len(items)
         return [
-            self._result(ids, cut, tokens, reason, stop, seconds, len(items))
-            for (ids, cut), tokens, reason in zip(items, generated, finish, strict=True)
+            self._result(ids, cut, tokens, reason, stop, share, slots)
+            for (ids, cut), tokens, reason in zip(
+                items, stream.generated, stream.finish, strict=True
+            )
         ]
 
     def _result(
@@ -549,3 +575,178 @@ class GreedyDecoder:
                 self._result(ids, cut, tokens[:count], finish, stop, seconds, len(items))
             )
         return results
+
+
+class _Stream:
+    """The rows of one _decode_greedy call: the item each batch row holds, its next
+    token, position and padding, and the KV cache they share. A row's cache columns are
+    [shared prefix | padding | its prompt | its tokens]; positions count real tokens
+    only and the attention mask hides the padding, so a row that joins later is laid
+    out like one prefilled with the batch, its prompt ending at the last column."""
+
+    def __init__(
+        self,
+        decoder: GreedyDecoder,
+        items: list[Prompt],
+        max_new: int,
+        stop: tuple[str, ...],
+        shared: int,
+    ):
+        self.decoder, self.items, self.max_new, self.stop = decoder, items, max_new, stop
+        self.shared = shared
+        self.device = decoder.device
+        self.eos_ids, self.pad = decoder.eos_ids, decoder.tokenizer.pad_token_id
+        # A stop string is looked for in the decoded tail only: enough tokens to hold it.
+        self.window = max((len(s) for s in stop), default=0) + 4
+        self.generated: list[list[int]] = [[] for _ in items]
+        self.finish = ["length"] * len(items)
+        self.waiting = deque(range(len(items)))
+        self.active: list[int] = []  # the item each batch row holds
+        self.cache: DynamicCache | None = None
+        self.tokens = self._long([])  # per row: its next token, not yet checked
+        self.positions = self._long([])  # per row: its real tokens so far
+        self.pads = self._long([])  # per row: padding columns after the shared prefix
+        self.prefill_seconds = 0.0
+
+    def _long(self, values: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(list(values), dtype=torch.long, device=self.device)
+
+    def _rest(self, item: int) -> int:
+        return len(self.items[item][0]) - self.shared
+
+    # ---- tokens ----------------------------------------------------------------------
+    def check(self, items: Sequence[int], tokens: Sequence[int]) -> list[int]:
+        """Indexes of the ``items`` that go on after taking their ``tokens``; the
+        others are finished (EOS, padding, a stop string, their length)."""
+        return [
+            i
+            for i, (item, token) in enumerate(zip(items, tokens, strict=True))
+            if self._take(item, token)
+        ]
+
+    def _take(self, item: int, token: int) -> bool:
+        generated = self.generated[item]
+        if token in self.eos_ids:
+            self.finish[item] = "eos"
+            return False
+        if token == self.pad:
+            # generate's output reads the same as a stop-string end; kept alike.
+            self.finish[item] = "stop"
+            return False
+        if len(generated) >= self.max_new:  # max_new 0
+            return False
+        generated.append(token)
+        if self.stop:
+            tail = self.decoder.tokenizer.decode(generated[-self.window :])
+            if any(s in tail for s in self.stop):
+                self.finish[item] = "stop"
+                return False
+        return len(generated) < self.max_new
+
+    # ---- rows ------------------------------------------------------------------------
+    def keep(self, going: list[int]) -> None:
+        """Only the rows ``going`` stay: the last rows move into the slots of the rows
+        that left (one row copied per leaving row), and padding columns that no row
+        needs any more are dropped."""
+        if len(going) == len(self.active):
+            return
+        count, kept = len(going), set(going)
+        holes = [slot for slot in range(count) if slot not in kept]
+        movers = [slot for slot in going if slot >= count]
+        order = list(range(count))
+        for hole, mover in zip(holes, movers, strict=True):
+            order[hole] = mover
+        self.active = [self.active[slot] for slot in order]
+        if not self.active:
+            self.cache = None
+            return
+        index = self._long(order)
+        self.tokens, self.positions = self.tokens[index], self.positions[index]
+        self.pads = self.pads[index]
+        assert self.cache is not None
+        targets, sources = self._long(holes), self._long(movers)
+        for layer in self.cache.layers:
+            cast(_GrowingLayer, layer).move_rows(targets, sources, count)
+        # Drop padding every row has once it is worth a copy of the cache.
+        lead = int(self.pads.min())
+        if lead >= max(16, self.cache.get_seq_length() // 8):
+            for layer in self.cache.layers:
+                cast(_GrowingLayer, layer).drop_columns(self.shared, lead)
+            self.pads -= lead
+
+    def admit(self, slots: int) -> bool:
+        """Waiting items into the free slots, longest first, each prefilled and its
+        first token checked (one that ends there never takes a slot). An item waits
+        while its prompt is longer than the rows' history (never when items come
+        longest first). False if the model's cache is not one the loop can grow."""
+        while self.waiting and len(self.active) < slots:
+            seen = self.cache.get_seq_length() if self.cache is not None else 0
+            joining: list[int] = []
+            while self.waiting and len(self.active) + len(joining) < slots:
+                item = self.waiting[0]
+                if self.cache is not None and self._rest(item) > seen - self.shared:
+                    break
+                joining.append(self.waiting.popleft())
+            if not joining:
+                return True
+            if not self._join(joining, slots):
+                return False
+        return True
+
+    def _join(self, joining: list[int], slots: int) -> bool:
+        started = time.perf_counter()
+        decoder = self.decoder
+        room = min(self.max_new, CACHE_GROWTH)
+        first_rows = self.cache is None
+        prefilled = decoder._prefill(
+            [self.items[i] for i in joining], self.shared, room if first_rows else 0, slots
+        )
+        if prefilled is None:
+            if first_rows and not self.active:
+                return False
+            raise RuntimeError("the model's cache changed type between prefills")
+        cache, first = prefilled
+        going = self.check(joining, first.tolist())
+        rests = [self._rest(item) for item in joining]
+        if first_rows:
+            width = cache.get_seq_length()
+            self.cache = cache
+            self.active = list(joining)
+            self.tokens = first
+            self.positions = self._long([self.shared + r for r in rests])
+            self.pads = self._long([width - self.shared - r for r in rests])
+            self.keep(going)
+        elif going:
+            index = self._long(going)
+            assert self.cache is not None
+            seen = self.cache.get_seq_length()
+            for layer, new in zip(self.cache.layers, cache.layers, strict=True):
+                cast(_GrowingLayer, layer).add_rows(cast(_GrowingLayer, new), index, self.shared)
+            self.active += [joining[i] for i in going]
+            self.tokens = torch.cat([self.tokens, first[index]])
+            kept = [rests[i] for i in going]
+            self.positions = torch.cat(
+                [self.positions, self._long([self.shared + r for r in kept])]
+            )
+            self.pads = torch.cat([self.pads, self._long([seen - self.shared - r for r in kept])])
+        decoder._synchronize()
+        self.prefill_seconds += time.perf_counter() - started
+        return True
+
+    def step(self) -> None:
+        """One token for every row."""
+        assert self.cache is not None
+        decoder = self.decoder
+        seen = self.cache.get_seq_length()
+        columns = torch.arange(seen + 1, device=self.device)
+        padding = (columns >= self.shared) & (columns < self.shared + self.pads[:, None])
+        out = decoder.model(
+            input_ids=self.tokens[:, None],
+            attention_mask=(~padding).long(),
+            position_ids=self.positions[:, None],
+            logits_to_keep=1,
+            use_cache=True,
+            **{decoder.cache_argument: self.cache},
+        )
+        self.tokens = out.logits[:, -1].argmax(-1)
+        self.positions = self.positions + 1

@@ -91,3 +91,43 @@ def test_oom_halves_and_retries_the_same_items_in_order() -> None:
     results = backend._generate_batch(items, 4, ())
     assert [r.text for r in results] == [str(i) for i in range(7)]  # none dropped
     assert seen == [7, 3, 1, 2, 4, 2, 2]  # 7 -> 3 + 4 -> (1 + 2) + (2 + 2)
+
+
+def test_a_stream_out_of_memory_runs_batches_instead() -> None:
+    backend = bare_decoder(batch_size=2)
+    backend.loop_supported = True
+    calls: list[tuple[int, int | None]] = []
+
+    def decode(items, max_new, stop, declared=0, slots=None):
+        calls.append((len(items), slots))
+        if slots is not None:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [
+            GenerationResult(
+                text=str(ids[0]),
+                prompt_tokens=len(ids),
+                generated_tokens=0,
+                finish_reason="length",
+                truncated_tokens=cut,
+            )
+            for ids, cut in items
+        ]
+
+    backend._decode_greedy = decode
+    items = [([9 - i] * (9 - i), 0) for i in range(5)]  # longest first, as generate sorts
+    results = backend._generate_group(items, 2, 4, (), 0)
+    assert [r.text for r in results] == [str(9 - i) for i in range(5)]
+    assert calls == [(5, 2), (2, None), (2, None), (1, None)]
+    assert backend.batch_sizes == [2, 2, 1]
+
+
+def test_other_errors_in_a_stream_are_not_swallowed() -> None:
+    backend = bare_decoder(batch_size=2)
+    backend.loop_supported = True
+
+    def decode(items, max_new, stop, declared=0, slots=None):
+        raise RuntimeError("shape mismatch")
+
+    backend._decode_greedy = decode
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        backend._generate_group([([1], 0)] * 3, 2, 4, (), 0)

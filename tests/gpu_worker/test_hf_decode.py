@@ -1,6 +1,6 @@
 """The hf backend's own greedy loop (GreedyDecoder._decode_greedy) against transformers'
-generate, on the embedded SmolLM2 (fp32, CPU): token for token, with early EOS, stop strings and
-rows leaving the batch while others go on."""
+generate, on the embedded SmolLM2 (fp32, CPU): token for token, with early EOS, stop strings,
+rows leaving the batch while others go on, and waiting prompts taking their slots."""
 
 from __future__ import annotations
 
@@ -83,6 +83,68 @@ def test_rows_leaving_the_batch_do_not_change_the_others(embedded_backend, monke
     assert min(r.generated_tokens for r in together) < 32
 
 
+def test_a_stream_refills_the_slots_of_rows_that_end(embedded_backend, monkeypatch):
+    """Six prompts through two slots: a waiting prompt joins as soon as a row ends
+    (prefilled beside rows already decoding), and every text is the one that prompt
+    gets alone through generate, and the one it gets with all six in one batch."""
+    from gpu_worker.backends import _hf_decode
+
+    monkeypatch.setattr(_hf_decode, "CACHE_GROWTH", 5)  # the cache reallocates often
+    backend = embedded_backend
+    decoder = backend.decoder
+    items = _items(backend, PROMPTS)
+    joins: list[tuple[int, int]] = []  # (prompts, free columns asked for) per prefill
+    prefill = decoder._prefill
+
+    def counting(batch, shared, room, rows=0):
+        joins.append((len(batch), room))
+        return prefill(batch, shared, room, rows)
+
+    monkeypatch.setattr(decoder, "_prefill", counting)
+    streamed = decoder._decode_greedy(items, 40, (), slots=2)
+    assert streamed is not None
+    assert joins[0] == (2, 5) and len(joins) >= 3
+    assert any(room == 0 for _, room in joins)  # joined a cache that was decoding
+    assert sum(count for count, _ in joins) == len(items)
+    assert {r.finish_reason for r in streamed} == {"eos", "length"}
+    assert {r.batch_size for r in streamed} == {2}
+    together = decoder._decode_greedy(items, 40, ())
+    assert [_key(r) for r in streamed] == [_key(r) for r in together]
+    for item, result in zip(items, streamed, strict=True):
+        alone = decoder._generate_with_generate([item], 40, ())[0]
+        assert _key(alone) == _key(result)
+
+
+def test_a_stream_with_stop_strings_equals_batches(embedded_backend):
+    backend = embedded_backend
+    decoder = backend.decoder
+    items = _items(backend, PROMPTS)
+    full = decoder._decode_greedy(items, 32, ())
+    words = [r.text.split() for r in full if len(r.text.split()) > 4]
+    stop = (words[0][3], words[1][2], "@@never@@")
+    streamed = decoder._decode_greedy(items, 32, stop, slots=3)
+    batched = decoder._decode_greedy(items[:3], 32, stop) + decoder._decode_greedy(
+        items[3:], 32, stop
+    )
+    assert [_key(r) for r in streamed] == [_key(r) for r in batched]
+    assert sum(r.finish_reason == "stop" for r in streamed) >= 2
+
+
+def test_generate_streams_requests_beyond_the_batch_size(embedded_backend, monkeypatch):
+    from gpu_worker.backends import GenerationRequest
+
+    backend = embedded_backend
+    requests = [GenerationRequest(backend.render(p, True), 16) for p in PROMPTS]
+    whole = backend.generate(requests)
+    backend.take_telemetry()
+    monkeypatch.setattr(backend.decoder, "batch_size", 4)
+    streamed = backend.generate(requests)
+    assert [_key(r) for r in streamed] == [_key(r) for r in whole]
+    assert backend.take_telemetry()["batch_sizes"] == [4]
+    # Each row's share of the stream's time: summed over rows, the stream's time.
+    assert len({r.batch_seconds for r in streamed}) == 1
+
+
 def test_generate_uses_the_loop_and_falls_back(embedded_backend):
     from gpu_worker.backends import GenerationRequest
 
@@ -123,6 +185,39 @@ def test_growing_layer_matches_concatenation():
     assert torch.equal(layer.update(k, k)[0], torch.cat([kept, k], 2))
 
 
+def test_growing_layer_moves_adds_and_drops_rows_in_place():
+    import torch
+
+    from gpu_worker.backends._hf_decode import _GrowingLayer
+
+    torch.manual_seed(1)
+    keys = torch.randn(4, 2, 6, 3)
+    buffer = torch.cat([keys, torch.zeros(4, 2, 4, 3)], 2)
+    layer = _GrowingLayer(buffer.clone(), buffer.clone(), 6, rows=3)
+    assert layer.keys.shape == (3, 2, 6, 3)
+    # Row 1 ends: row 2 takes its slot.
+    layer.move_rows(torch.tensor([1]), torch.tensor([2]), 2)
+    assert torch.equal(layer.keys, keys[[0, 2]])
+    # A prompt of 3 columns after a shared column of 1 joins: it ends at the last column.
+    other = torch.randn(2, 2, 4, 3)
+    joined = _GrowingLayer(other.clone(), other.clone(), 4)
+    layer.add_rows(joined, torch.tensor([1]), 1)
+    expected = torch.zeros(2, 6, 3)
+    expected[:, :1], expected[:, 3:] = other[1, :, :1], other[1, :, 1:]
+    assert layer.keys.shape[0] == 3 and torch.equal(layer.keys[2], expected)
+    assert torch.equal(layer.values[:2], keys[[0, 2]])
+    # Padding columns 1-2 dropped: the free columns stay, so a step needs no new buffer.
+    storage = layer._keys.data_ptr()
+    layer.drop_columns(1, 2)
+    assert layer.get_seq_length() == 4 and layer._keys.data_ptr() == storage
+    assert torch.equal(layer.keys[2], expected[:, [0, 3, 4, 5]])
+    column = torch.randn(3, 2, 1, 3)
+    assert torch.equal(layer.update(column, column)[0][:, :, 4:], column)
+    assert layer._keys.data_ptr() == storage
+    with pytest.raises(ValueError, match="do not fit"):
+        layer.add_rows(joined, torch.tensor([0, 1]), 1)  # no free row left
+
+
 def test_telemetry_splits_prefill_from_decode(embedded_backend):
     from gpu_worker.backends.base import GenerationRequest, LoglikelihoodRequest
 
@@ -161,7 +256,7 @@ def test_a_declared_fewshot_block_is_prefilled_once_and_changes_no_token(
     monkeypatch.setattr(
         backend.decoder,
         "_prefill",
-        lambda items, count, room: splits.append(count) or prefill(items, count, room),
+        lambda items, count, *rest: splits.append(count) or prefill(items, count, *rest),
     )
     together = backend.generate(shared)
     block = len(backend.encode(samples[0].shared_prefix))
