@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 # Padded tokens per prefill pass of the greedy loop, and the columns the cache grows by.
 PREFILL_TOKEN_BUDGET = 4096
 CACHE_GROWTH = 128
+# Waiting prompts join a stream once an eighth of its slots are free (or all of them
+# fit): a prefill pass streams every weight from memory like a decode step does, so
+# joining one prompt at a time pays that per prompt (128 prompts through 54 slots at
+# 256 tokens: 42 joins took 17.1 s of 133.9, 9 joins 14.0 s of 129.0).
+JOIN_DIVISOR = 8
 
 # A prompt's token ids (already cut to fit) and how many tokens were cut from its left.
 Prompt = tuple[list[int], int]
@@ -55,7 +60,7 @@ class _GrowingLayer(DynamicLayer):
     the cache per layer per step, a fifth of a decode step at 120 tokens). The buffer
     also has free rows after the batch's: a row that ends gives its slot to the last
     row (one row copied, not the whole cache), and a prompt that joins mid-stream takes
-    a free row (see GreedyDecoder._decode_greedy)."""
+    a free row (see _Stream)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int, rows: int = 0):
         super().__init__()
@@ -170,6 +175,9 @@ class GreedyDecoder:
         ) and ("logits_to_keep" in parameters)
         # transformers 5.x renamed forward's past_key_values to cache.
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        # Whether more prompts than the batch size run as one stream (off for good
+        # after a stream runs out of GPU memory).
+        self.streaming = True
         # Auto batch size per 256-token length bucket, found by probing (GPU only).
         self.probed_batch: dict[int, int] = {}
         # Telemetry counters since the last take_stats(): seconds in prefill and in
@@ -227,23 +235,27 @@ class GreedyDecoder:
         items than rows: one stream through the loop, a waiting prompt taking the slot
         of each row that ends (see _decode_greedy); batches one after another where the
         loop cannot run or the stream runs out of GPU memory."""
-        if self.loop_supported and len(items) > size:
+        if self.loop_supported and self.streaming and len(items) > size:
+            streamed: list[GenerationResult] | None = None
             try:
                 streamed = self._decode_greedy(items, max_new, stop, declared, slots=size)
             except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
                 if not is_oom(error):
                     raise
-                if self.device == "cuda":
-                    torch.cuda.empty_cache()
+                # Batches from now on: they halve on out-of-memory, a stream cannot.
+                self.streaming = False
                 log.warning("out of memory streaming %d rows; running batches instead", size)
-                streamed = None
             if streamed is not None:
                 self.batch_sizes.append(size)
                 return streamed
-        results: list[GenerationResult] = []
+            if self.device == "cuda":  # outside the except: its traceback held the cache
+                torch.cuda.empty_cache()
+        results: list[GenerationResult | None] = [None] * len(items)
         for batch in length_sorted_batches([len(ids) for ids, _ in items], size):
-            results += self._generate_batch([items[i] for i in batch], max_new, stop, declared)
-        return results
+            done = self._generate_batch([items[i] for i in batch], max_new, stop, declared)
+            for index, result in zip(batch, done, strict=True):
+                results[index] = result
+        return [r for r in results if r is not None]
 
     # ---- batch size ----------------------------------------------------------------------
     def _generation_batch_size(self, longest_total: int) -> int:
@@ -313,19 +325,17 @@ class GreedyDecoder:
         except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
             if not is_oom(error) or len(items) == 1:
                 raise
-            # Halve and retry the same items: never drop a batch.
-            if self.device == "cuda":
-                torch.cuda.empty_cache()
-            half = len(items) // 2
-            log.warning(
-                "out of memory at batch %d; retrying as %d + %d",
-                len(items),
-                half,
-                len(items) - half,
-            )
-            return self._generate_batch(
-                items[:half], max_new, stop, declared
-            ) + self._generate_batch(items[half:], max_new, stop, declared)
+        # Halve and retry the same items: never drop a batch. Out of the except block,
+        # so the failed attempt's tensors (held by its traceback) are freed first.
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        half = len(items) // 2
+        log.warning(
+            "out of memory at batch %d; retrying as %d + %d", len(items), half, len(items) - half
+        )
+        return self._generate_batch(items[:half], max_new, stop, declared) + self._generate_batch(
+            items[half:], max_new, stop, declared
+        )
 
     @torch.inference_mode()
     def _generate_padded(
@@ -385,23 +395,23 @@ class GreedyDecoder:
         return supported
 
     def _prefill(
-        self, items: list[Prompt], shared: int, room: int, rows: int = 0
+        self, items: list[Prompt], shared: int, room: int, rows: int = 0, prefix: Any = None
     ) -> tuple[DynamicCache, torch.Tensor] | None:
         """Every prompt through the model once, merged into one cache with ``room`` free
         columns at the end. The ``shared`` first tokens common to all prompts go through
         once; the rest of each prompt goes in groups of similar length. Layout of a row:
         [shared prefix | padding | rest of its prompt]; positions count real tokens
         only, so the padding in the middle is as invisible as on the left. ``rows``: the
-        buffers' rows, when more than the prompts' (free rows for later prompts). None
-        if the model's cache is not a plain DynamicCache."""
+        buffers' rows, when more than the prompts' (free rows for later prompts).
+        ``prefix``: the shared prefix's cache (one row) when already computed. None if
+        the model's cache is not a plain DynamicCache."""
         pad = self.tokenizer.pad_token_id
         rests = [len(ids) - shared for ids, _ in items]
         width = shared + max(rests)
         first = torch.empty(len(items), dtype=torch.long, device=self.device)
         keys: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
-        prefix: Any = None
-        if shared:
+        if shared and prefix is None:
             out = self.model(
                 input_ids=torch.tensor([items[0][0][:shared]], device=self.device),
                 logits_to_keep=1,
@@ -477,9 +487,10 @@ class GreedyDecoder:
         ``slots``: rows at once (None: every item). Items beyond them wait, in the
         order given (longest first), and take the slot of a row that ends (continuous
         batching): the batch stays full instead of running its tail at a few rows
-        while the next batch waits. A decoding step costs nearly as much at a few rows
-        as at a full batch on this machine's matmuls (45 ms at 1 row, 133 ms at 62),
-        so the steps saved are the gain. ``declared``: the items' shared prefix (see
+        while the next batch waits. A decoding step's cost grows far slower than its
+        rows on this machine (the matmuls: 45 ms at 1 row, 133 ms at 62), so the steps
+        saved are the gain; a joining row pays its padding up to the oldest row's
+        length in attention. ``declared``: the items' shared prefix (see
         generate), else the chat template's. None if the model's cache is not a plain
         DynamicCache (generate runs instead)."""
         started = time.perf_counter()
@@ -607,6 +618,7 @@ class _Stream:
         self.positions = self._long([])  # per row: its real tokens so far
         self.pads = self._long([])  # per row: padding columns after the shared prefix
         self.prefill_seconds = 0.0
+        self.block: DynamicCache | None = None  # the shared prefix, while no row is live
 
     def _long(self, values: Sequence[int]) -> torch.Tensor:
         return torch.tensor(list(values), dtype=torch.long, device=self.device)
@@ -626,14 +638,14 @@ class _Stream:
 
     def _take(self, item: int, token: int) -> bool:
         generated = self.generated[item]
+        if self.max_new <= 0:  # as the loop did: no token, finished by length
+            return False
         if token in self.eos_ids:
             self.finish[item] = "eos"
             return False
         if token == self.pad:
             # generate's output reads the same as a stop-string end; kept alike.
             self.finish[item] = "stop"
-            return False
-        if len(generated) >= self.max_new:  # max_new 0
             return False
         generated.append(token)
         if self.stop:
@@ -658,6 +670,7 @@ class _Stream:
             order[hole] = mover
         self.active = [self.active[slot] for slot in order]
         if not self.active:
+            self.block = self._prefix()  # for the next prompts, if any wait
             self.cache = None
             return
         index = self._long(order)
@@ -676,10 +689,14 @@ class _Stream:
 
     def admit(self, slots: int) -> bool:
         """Waiting items into the free slots, longest first, each prefilled and its
-        first token checked (one that ends there never takes a slot). An item waits
-        while its prompt is longer than the rows' history (never when items come
-        longest first). False if the model's cache is not one the loop can grow."""
+        first token checked (one that ends there never takes a slot), once enough
+        slots are free (JOIN_DIVISOR). An item waits while its prompt is longer than
+        the rows' history (never when items come longest first). False if the model's
+        cache is not one the loop can grow."""
         while self.waiting and len(self.active) < slots:
+            free = slots - len(self.active)
+            if self.cache is not None and free < min(len(self.waiting), slots // JOIN_DIVISOR):
+                return True
             seen = self.cache.get_seq_length() if self.cache is not None else 0
             joining: list[int] = []
             while self.waiting and len(self.active) + len(joining) < slots:
@@ -698,9 +715,11 @@ class _Stream:
         decoder = self.decoder
         room = min(self.max_new, CACHE_GROWTH)
         first_rows = self.cache is None
-        prefilled = decoder._prefill(
-            [self.items[i] for i in joining], self.shared, room if first_rows else 0, slots
-        )
+        batch = [self.items[i] for i in joining]
+        if first_rows:
+            prefilled = decoder._prefill(batch, self.shared, room, slots, self._prefix())
+        else:
+            prefilled = decoder._prefill(batch, self.shared, 0, prefix=self._prefix())
         if prefilled is None:
             if first_rows and not self.active:
                 return False
@@ -732,6 +751,22 @@ class _Stream:
         decoder._synchronize()
         self.prefill_seconds += time.perf_counter() - started
         return True
+
+    def _prefix(self) -> DynamicCache | None:
+        """The shared prefix's keys and values, as the live cache holds them (every
+        row's first columns; kept when the last row ends): a joining prompt does not
+        run it through the model again."""
+        if not self.shared or self.cache is None:
+            return self.block
+        prefix = DynamicCache()
+        for number, layer in enumerate(self.cache.layers):
+            live = cast(_GrowingLayer, layer)
+            prefix.update(
+                live._keys[:1, :, : self.shared].clone(),
+                live._values[:1, :, : self.shared].clone(),
+                number,
+            )
+        return prefix
 
     def step(self) -> None:
         """One token for every row."""

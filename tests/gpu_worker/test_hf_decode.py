@@ -96,9 +96,9 @@ def test_a_stream_refills_the_slots_of_rows_that_end(embedded_backend, monkeypat
     joins: list[tuple[int, int]] = []  # (prompts, free columns asked for) per prefill
     prefill = decoder._prefill
 
-    def counting(batch, shared, room, rows=0):
+    def counting(batch, shared, room, rows=0, prefix=None):
         joins.append((len(batch), room))
-        return prefill(batch, shared, room, rows)
+        return prefill(batch, shared, room, rows, prefix)
 
     monkeypatch.setattr(decoder, "_prefill", counting)
     streamed = decoder._decode_greedy(items, 40, (), slots=2)
@@ -113,6 +113,13 @@ def test_a_stream_refills_the_slots_of_rows_that_end(embedded_backend, monkeypat
     for item, result in zip(items, streamed, strict=True):
         alone = decoder._generate_with_generate([item], 40, ())[0]
         assert _key(alone) == _key(result)
+    # Joins wait for a share of the slots (here 2 of 4) or for the last prompts.
+    monkeypatch.setattr(_hf_decode, "JOIN_DIVISOR", 2)
+    joins.clear()
+    grouped = decoder._decode_greedy(items, 40, (), slots=4)
+    assert joins[0] == (4, 5)
+    assert all(count == 2 for count, room in joins[1:] if room == 0), joins
+    assert [_key(r) for r in grouped] == [_key(r) for r in together]
 
 
 def test_a_stream_with_stop_strings_equals_batches(embedded_backend):
@@ -140,9 +147,54 @@ def test_generate_streams_requests_beyond_the_batch_size(embedded_backend, monke
     monkeypatch.setattr(backend.decoder, "batch_size", 4)
     streamed = backend.generate(requests)
     assert [_key(r) for r in streamed] == [_key(r) for r in whole]
-    assert backend.take_telemetry()["batch_sizes"] == [4]
-    # Each row's share of the stream's time: summed over rows, the stream's time.
-    assert len({r.batch_seconds for r in streamed}) == 1
+    stats = backend.take_telemetry()
+    assert stats["batch_sizes"] == [4]
+    assert {r.batch_size for r in streamed} == {4}
+    # Each row's share of the stream's time: over the rows, time x 1 / batch size sums
+    # to the stream's time, which the scorer's model seconds count (shard_telemetry).
+    total = sum(r.batch_seconds / r.batch_size for r in streamed)
+    assert total == pytest.approx(stats["prefill_seconds"] + stats["decode_seconds"])
+
+
+def test_a_stream_with_a_declared_block_runs_the_block_once(
+    embedded_backend, data_dir, monkeypatch
+):
+    """MATH-500's 4-shot block shared by four problems through two slots: prompts
+    that join reuse the block's keys and values from the live cache (one forward of
+    the block in all), and every text is the one that problem gets alone; a stream
+    of max_new 1 and 0 ends as the loop always did."""
+    from gpu_worker.backends.base import GenerationRequest
+    from shared.tasks import TASKS, load_samples
+
+    backend = embedded_backend
+    decoder = backend.decoder
+    samples = load_samples(TASKS["math500"], data_dir, 4, num_fewshot=4)
+    requests = [
+        GenerationRequest(s.prompt, 24, ("Problem:",), prefix=s.shared_prefix) for s in samples
+    ]
+    block = len(backend.encode(samples[0].shared_prefix))
+    model, shapes = decoder.model, []
+
+    def recording(**named):
+        shapes.append(tuple(named["input_ids"].shape))
+        return model(**named)
+
+    monkeypatch.setattr(decoder, "model", recording)
+    monkeypatch.setattr(decoder, "batch_size", 2)
+    streamed = backend.generate(requests)
+    monkeypatch.setattr(decoder, "model", model)
+    blocks = [shape for shape in shapes if shape[0] == 1 and block - 2 <= shape[1] <= block]
+    assert len(blocks) == 1, shapes  # the block ran once, though prompts joined later
+    assert sum(1 for shape in shapes if shape[1] > 1) >= 3  # block, first pair, a join
+    alone = [backend.generate([request])[0] for request in requests]
+    assert [_key(r) for r in streamed] == [_key(r) for r in alone]
+    items = _items(backend, PROMPTS)
+    one = decoder._decode_greedy(items, 1, (), slots=2)
+    assert [r.generated_tokens for r in one] == [1] * len(items)
+    none = decoder._decode_greedy(items, 0, (), slots=2)
+    assert [(r.text, r.generated_tokens, r.finish_reason) for r in none] == [
+        ("", 0, "length")
+    ] * len(items)
 
 
 def test_generate_uses_the_loop_and_falls_back(embedded_backend):
@@ -256,7 +308,9 @@ def test_a_declared_fewshot_block_is_prefilled_once_and_changes_no_token(
     monkeypatch.setattr(
         backend.decoder,
         "_prefill",
-        lambda items, count, *rest: splits.append(count) or prefill(items, count, *rest),
+        lambda items, count, *rest, **named: (
+            splits.append(count) or prefill(items, count, *rest, **named)
+        ),
     )
     together = backend.generate(shared)
     block = len(backend.encode(samples[0].shared_prefix))
