@@ -40,6 +40,20 @@ def bare_decoder(batch_size="auto", model=None) -> GreedyDecoder:
     )
 
 
+def echoed(items) -> list[GenerationResult]:
+    """A stand-in decoder's results: each item's first token id as its text."""
+    return [
+        GenerationResult(
+            text=str(ids[0]),
+            prompt_tokens=len(ids),
+            generated_tokens=0,
+            finish_reason="length",
+            truncated_tokens=cut,
+        )
+        for ids, cut in items
+    ]
+
+
 def test_probe_halves_at_the_full_length_and_caches() -> None:
     backend = bare_decoder(model=OOMModel(capacity=16 * 512))
     # 300 prompt + max_new tokens: probed at the 512-token bucket, 64 -> 32 -> 16 -> ok.
@@ -75,16 +89,7 @@ def test_oom_halves_and_retries_the_same_items_in_order() -> None:
         seen.append(len(items))
         if len(items) > 2:
             raise RuntimeError("CUDA out of memory")
-        return [
-            GenerationResult(
-                text=str(ids[0]),
-                prompt_tokens=len(ids),
-                generated_tokens=0,
-                finish_reason="length",
-                truncated_tokens=cut,
-            )
-            for ids, cut in items
-        ]
+        return echoed(items)
 
     backend._generate_padded = padded
     items = [([i], 0) for i in range(7)]
@@ -102,16 +107,7 @@ def test_a_stream_out_of_memory_runs_batches_instead() -> None:
         calls.append((len(items), slots))
         if slots is not None:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return [
-            GenerationResult(
-                text=str(ids[0]),
-                prompt_tokens=len(ids),
-                generated_tokens=0,
-                finish_reason="length",
-                truncated_tokens=cut,
-            )
-            for ids, cut in items
-        ]
+        return echoed(items)
 
     backend._decode_greedy = decode
     items = [([9 - i] * (9 - i), 0) for i in range(5)]  # longest first, as generate sorts
