@@ -721,7 +721,7 @@ class _Stream:
         else:
             prefilled = decoder._prefill(batch, self.shared, 0, prefix=self._prefix())
         if prefilled is None:
-            if first_rows and not self.active:
+            if first_rows:  # no cache yet, so no row is live either
                 return False
             raise RuntimeError("the model's cache changed type between prefills")
         cache, first = prefilled
