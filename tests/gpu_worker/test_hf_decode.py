@@ -68,9 +68,9 @@ def test_rows_leaving_the_batch_do_not_change_the_others(embedded_backend, monke
     """A short prompt that ends at once next to long ones: the cache is compacted (and
     its shared left padding dropped) mid-batch; a tiny growth step makes the in-place
     cache reallocate several times."""
-    from gpu_worker.backends import _hf_decode
+    from gpu_worker.backends import _hf_stream
 
-    monkeypatch.setattr(_hf_decode, "CACHE_GROWTH", 3)
+    monkeypatch.setattr(_hf_stream, "CACHE_GROWTH", 3)
     backend = embedded_backend
     decoder = backend.decoder
     long_prompt = "Summarise this: " + "the cat sat on the mat and looked at the birds. " * 6
@@ -87,20 +87,20 @@ def test_a_stream_refills_the_slots_of_rows_that_end(embedded_backend, monkeypat
     """Six prompts through two slots: a waiting prompt joins as soon as a row ends
     (prefilled beside rows already decoding), and every text is the one that prompt
     gets alone through generate, and the one it gets with all six in one batch."""
-    from gpu_worker.backends import _hf_decode
+    from gpu_worker.backends import _hf_stream
 
-    monkeypatch.setattr(_hf_decode, "CACHE_GROWTH", 5)  # the cache reallocates often
+    monkeypatch.setattr(_hf_stream, "CACHE_GROWTH", 5)  # the cache reallocates often
     backend = embedded_backend
     decoder = backend.decoder
     items = _items(backend, PROMPTS)
     joins: list[tuple[int, int]] = []  # (prompts, free columns asked for) per prefill
-    prefill = decoder._prefill
+    prefill = decoder.prefill
 
     def counting(batch, shared, room, rows=0, prefix=None):
         joins.append((len(batch), room))
         return prefill(batch, shared, room, rows, prefix)
 
-    monkeypatch.setattr(decoder, "_prefill", counting)
+    monkeypatch.setattr(decoder, "prefill", counting)
     streamed = decoder._decode_greedy(items, 40, (), slots=2)
     assert streamed is not None
     assert joins[0] == (2, 5) and len(joins) >= 3
@@ -114,7 +114,7 @@ def test_a_stream_refills_the_slots_of_rows_that_end(embedded_backend, monkeypat
         alone = decoder._generate_with_generate([item], 40, ())[0]
         assert _key(alone) == _key(result)
     # Joins wait for a share of the slots (here 2 of 4) or for the last prompts.
-    monkeypatch.setattr(_hf_decode, "JOIN_DIVISOR", 2)
+    monkeypatch.setattr(_hf_stream, "JOIN_DIVISOR", 2)
     joins.clear()
     grouped = decoder._decode_greedy(items, 40, (), slots=4)
     assert joins[0] == (4, 5)
@@ -215,12 +215,12 @@ def test_generate_uses_the_loop_and_falls_back(embedded_backend):
 def test_growing_layer_matches_concatenation():
     import torch
 
-    from gpu_worker.backends._hf_decode import _GrowingLayer
+    from gpu_worker.backends._hf_stream import GrowingLayer
 
     torch.manual_seed(0)
     keys, values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
     room = torch.zeros(3, 2, 1, 4)
-    layer = _GrowingLayer(torch.cat([keys, room], 2), torch.cat([values, room], 2), 5)
+    layer = GrowingLayer(torch.cat([keys, room], 2), torch.cat([values, room], 2), 5)
     for _ in range(4):  # room for one column, then it must grow
         k, v = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
@@ -240,19 +240,19 @@ def test_growing_layer_matches_concatenation():
 def test_growing_layer_moves_adds_and_drops_rows_in_place():
     import torch
 
-    from gpu_worker.backends._hf_decode import _GrowingLayer
+    from gpu_worker.backends._hf_stream import GrowingLayer
 
     torch.manual_seed(1)
     keys = torch.randn(4, 2, 6, 3)
     buffer = torch.cat([keys, torch.zeros(4, 2, 4, 3)], 2)
-    layer = _GrowingLayer(buffer.clone(), buffer.clone(), 6, rows=3)
+    layer = GrowingLayer(buffer.clone(), buffer.clone(), 6, rows=3)
     assert layer.keys.shape == (3, 2, 6, 3)
     # Row 1 ends: row 2 takes its slot.
     layer.move_rows(torch.tensor([1]), torch.tensor([2]), 2)
     assert torch.equal(layer.keys, keys[[0, 2]])
     # A prompt of 3 columns after a shared column of 1 joins: it ends at the last column.
     other = torch.randn(2, 2, 4, 3)
-    joined = _GrowingLayer(other.clone(), other.clone(), 4)
+    joined = GrowingLayer(other.clone(), other.clone(), 4)
     layer.add_rows(joined, torch.tensor([1]), 1)
     expected = torch.zeros(2, 6, 3)
     expected[:, :1], expected[:, 3:] = other[1, :, :1], other[1, :, 1:]
@@ -304,10 +304,10 @@ def test_a_declared_fewshot_block_is_prefilled_once_and_changes_no_token(
     plain = [replace(r, prefix="") for r in shared]
 
     splits: list[int] = []
-    prefill = backend.decoder._prefill
+    prefill = backend.decoder.prefill
     monkeypatch.setattr(
         backend.decoder,
-        "_prefill",
+        "prefill",
         lambda items, count, *rest, **named: (
             splits.append(count) or prefill(items, count, *rest, **named)
         ),
