@@ -1,6 +1,7 @@
 """``tandem``: generate, score, inspect and serve evaluation runs.
 
-The CLI owns argv: it parses and checks every argument here, then calls the tiers'
+The CLI owns argv: it parses and checks every argument here, then hands the parsed
+arguments to the command's function in ``tandem._commands``, which calls the tiers'
 typed functions. Each command imports only what it runs, so ``tandem --help`` imports
 no tier at all.
 """
@@ -8,7 +9,6 @@ no tier at all.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.errors import TandemError
+from tandem import _commands
 
 DEFAULT_STORE = os.environ.get("TANDEM_STORE", "./store")
 
@@ -51,347 +52,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
-
-
-# ---- commands --------------------------------------------------------------------------
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from gpu_worker.job import run_generation
-    from shared.spec import load_spec
-
-    spec = load_spec(args.spec)
-    if args.run_id:
-        spec = spec.model_copy(update={"run_id": args.run_id})
-    result = run_generation(
-        spec,
-        args.store,
-        local=True if args.local else None,
-        workers=args.workers,
-        data_dir=args.data_dir,
-        progress=not args.quiet,
-        ray_resource=args.ray_resource,
-    )
-    print(
-        f"run {result.run_id}: {_job_line(result)}; {result.shards_skipped} shard(s) already done"
-    )
-    return 0
-
-
-def _cmd_profile(args: argparse.Namespace) -> int:
-    from gpu_worker.profile import run_profile
-    from shared.spec import load_spec
-
-    spec = load_spec(args.spec)
-    if args.run_id:
-        spec = spec.model_copy(update={"run_id": args.run_id})
-    record = run_profile(
-        spec,
-        args.store,
-        new_tokens=args.new_tokens,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        requests=args.requests,
-    )
-    worker = record.worker
-    print(
-        f"run {record.run_id}: {worker.backend} {worker.precision} on {worker.device} "
-        f"({worker.device_name or 'unknown device'})"
-    )
-    for row in record.latency:
-        print(
-            f"  latency, batch 1, {row.measured_prompt_tokens} prompt + {row.new_tokens} new "
-            f"tokens: mean {row.mean_seconds:.4f} s, p50 {row.p50_seconds:.4f} s, "
-            f"p95 {row.p95_seconds:.4f} s ({row.repeats} repeats)"
-        )
-    if record.throughput is not None:
-        t = record.throughput
-        rate = f"{t.tokens_per_second:.1f} tokens/s" if t.tokens_per_second else "-"
-        print(f"  throughput, {t.requests} requests at batch {t.batch_size}: {rate}")
-    if record.peak_rss_bytes:
-        print(f"  peak RSS {record.peak_rss_bytes / 2**30:.2f} GiB", end="")
-        if record.cuda_max_allocated_bytes:
-            print(f", peak CUDA {record.cuda_max_allocated_bytes / 2**30:.2f} GiB", end="")
-        print()
-    print(f"stored as runs/{record.run_id}/profile.json")
-    return 0
-
-
-def _job_line(result) -> str:  # type: ignore[no-untyped-def]
-    """What ran, in the units that describe it: text tokens/s for generation (EOS
-    apart), requests/s and scored tokens/s for log-likelihood tasks."""
-    seconds = result.seconds
-    parts = [f"{result.shards_done} shard(s), {result.samples} samples in {seconds:.1f} s"]
-    if result.generated_tokens or result.eos_tokens:
-        rate = result.generated_tokens / seconds if seconds else 0.0
-        parts.append(
-            f"{result.generated_tokens} new text tokens (+{result.eos_tokens} EOS), "
-            f"{rate:.1f} tokens/s"
-        )
-    if result.requests:
-        requests_rate = result.requests / seconds if seconds else 0.0
-        tokens_rate = result.scored_tokens / seconds if seconds else 0.0
-        parts.append(
-            f"{result.requests} log-likelihood requests ({requests_rate:.1f}/s), "
-            f"{result.scored_tokens} tokens scored ({tokens_rate:.0f}/s)"
-        )
-    return "; ".join(parts)
-
-
-def _cmd_score(args: argparse.Namespace) -> int:
-    from cpu_scorer.aggregations import AggregateOptions
-    from cpu_scorer.scoring import score_once
-    from shared.store import Store
-
-    store = Store(args.store)
-    store.check(writable=True)
-    _unsafe_code_notice(args.confirm_run_unsafe_code)
-    if args.ray:
-        return _score_on_ray(args, store)
-    if args.address:
-        raise TandemError("--address is the Ray cluster's: use it with --ray")
-    tallies = score_once(
-        store,
-        args.run,
-        AggregateOptions(irt_params=args.irt_params),
-        progress=not args.quiet,
-        confirm_unsafe_code=args.confirm_run_unsafe_code,
-    )
-    failed = 0
-    for run_id, tally in tallies.items():
-        print(
-            f"run {run_id}: scored {tally.scored} shard(s), quarantined {tally.quarantined}"
-            + (f", failed {tally.failed}" if tally.failed else "")
-            + (
-                f", {tally.unconfirmed} code shard(s) not run (add --confirm-run-unsafe-code)"
-                if tally.unconfirmed
-                else ""
-            )
-        )
-        failed += tally.failed + tally.unconfirmed
-        _print_run_summary(store, run_id)
-    if not tallies:
-        print(f"no runs in {store.uri}")
-    # 0: nothing left pending (bad shards are quarantined, which is an outcome); 1: some
-    # shards stay unscored (the scorer failed on them, or code tasks were not allowed to
-    # run their programs).
-    return 1 if failed else 0
-
-
-def _print_run_summary(store, run_id: str) -> None:  # type: ignore[no-untyped-def]
-    """A scored run's summary table, or on stderr why it cannot be read."""
-    from cpu_scorer.report import print_summary
-
-    try:
-        summary = store.summary(run_id)
-    except TandemError as error:
-        print(f"run {run_id}: {error}", file=sys.stderr)
-        return
-    if summary is not None:
-        print_summary(summary)
-
-
-def _score_on_ray(args: argparse.Namespace, store) -> int:  # type: ignore[no-untyped-def]
-    from tandem.ray_score import score_on_ray
-
-    result = score_on_ray(
-        store,
-        address=args.address,
-        run_id=args.run,
-        irt_params=args.irt_params,
-        confirm_unsafe_code=args.confirm_run_unsafe_code,
-        shards_per_task=args.shards_per_task,
-        progress=not args.quiet,
-    )
-    print(
-        f"ray: {result.shards} shard(s) in {result.tasks} task(s) on the cluster, "
-        f"{result.seconds:.1f} s"
-    )
-    failed = 0
-    for run_id, outcome in result.runs.items():
-        closing = outcome.closing
-        # Shards the cluster left pending (a task that kept failing on a store error, a
-        # node whose run.json went bad): the closing pass tried them again.
-        on_cluster = outcome.tasks["failed"]
-        print(
-            f"run {run_id}: scored {outcome.scored} shard(s), quarantined {outcome.quarantined}"
-            + (
-                f" ({closing.scored + closing.quarantined} after the job)"
-                if closing.scored or closing.quarantined
-                else ""
-            )
-            + (f", failed on the cluster {on_cluster} (tried again after it)" if on_cluster else "")
-            + (f", failed {closing.failed}" if closing.failed else "")
-            + (
-                f", {closing.unconfirmed} code shard(s) not run (add --confirm-run-unsafe-code)"
-                if closing.unconfirmed
-                else ""
-            )
-        )
-        failed += closing.failed + closing.unconfirmed
-        _print_run_summary(store, run_id)
-    if not result.runs:
-        print(f"no runs in {store.uri}")
-    return 1 if failed else 0
-
-
-def _unsafe_code_notice(confirmed: bool) -> None:
-    """Said once, when the user lets model-written programs run."""
-    if confirmed:
-        from cpu_scorer import sandbox
-
-        print(f"tandem: {sandbox.UNSAFE_CODE_WARNING}", file=sys.stderr)
-
-
-def _cmd_runs(args: argparse.Namespace) -> int:
-    from shared.store import Store
-
-    store = Store(args.store)
-    store.check(writable=False)
-    runs = store.list_runs()
-    if args.json:
-        print(json.dumps(runs))
-        return 0
-    if not runs:
-        print(f"no runs in {store.uri}")
-    for run_id in runs:
-        try:
-            record = store.run_record(run_id)
-        except TandemError as error:
-            print(f"{run_id}\t(damaged: {error})")
-            continue
-        print(
-            f"{run_id}\t{record.created_at}\t{record.spec.get('model', '')}\t"
-            f"{record.resolved_precision}\t{','.join(record.spec.get('tasks') or record.tasks)}"
-        )
-    return 0
-
-
-def _cmd_ifeval(args: argparse.Namespace) -> int:
-    from cpu_scorer.ifeval import _command
-
-    return _command.run(
-        input_data=args.input_data,
-        responses=args.responses,
-        output=args.output,
-        summary=args.summary,
-        workers=args.workers,
-    )
-
-
-def _cmd_scorer(args: argparse.Namespace) -> int:
-    from cpu_scorer.daemon import DaemonConfig, watch
-    from shared.store import Store
-
-    store = Store(args.store)
-    store.check(writable=True)
-    _unsafe_code_notice(args.confirm_run_unsafe_code)
-    config = DaemonConfig(
-        interval=args.interval,
-        lease=args.lease,
-        once=args.once,
-        irt_params=args.irt_params,
-        confirm_unsafe_code=args.confirm_run_unsafe_code,
-    )
-    watch(store, config)
-    return 0
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from cpu_scorer.api import serve
-
-    return serve(args.store, host=args.host, port=args.port, token=args.token)
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from cpu_scorer.compare import main
-
-    return main(args.store, args.a, args.b, args.task, as_json=args.json)
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from cpu_scorer.report import main
-
-    return main(args.store, args.runs, fmt=args.format)
-
-
-def _cmd_export_wandb(args: argparse.Namespace) -> int:
-    from cpu_scorer.wandb_export import export_wandb
-    from shared.store import Store
-
-    store = Store(args.store)
-    store.check(writable=False)
-    done = export_wandb(
-        store,
-        args.runs,
-        project=args.project,
-        entity=args.entity,
-        step_from=args.step_from,
-        max_samples=args.max_samples,
-    )
-    for run in done:
-        print(f"W&B run {run['name']}: {', '.join(run['runs'])} ({run['dir']})")
-    return 0
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    import logging
-    import signal
-    import threading
-
-    from shared.spec import load_spec_fields
-    from tandem.sweep import SweepOptions, parse_budget, run_sweep
-
-    logging.basicConfig(level=os.environ.get("TANDEM_LOG_LEVEL", "INFO"), format="%(message)s")
-    options = SweepOptions(
-        checkpoints=Path(args.checkpoints),
-        store=args.store,
-        name=args.name or Path(args.checkpoints).resolve().name,
-        budget_seconds=parse_budget(args.budget),
-        base=load_spec_fields(args.spec) if args.spec else {},
-        every=args.every,
-        watch=args.watch,
-        settle=args.settle,
-        poll=args.poll,
-        tokenizer=args.tokenizer,
-        heldout=args.heldout,
-        data_dir=args.data_dir,
-        progress=not args.quiet,
-    )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    record = run_sweep(options, stop)
-    for step in record.steps:
-        note = " (over budget)" if step.over_budget else ""
-        print(f"step {step.step}: {step.status} {step.run_id} {step.seconds or ''}s{note}")
-    print(f"caps: {record.caps}")
-    return 1 if any(s.status == "failed" for s in record.steps) else 0
-
-
-def _cmd_export_checkpoint(args: argparse.Namespace) -> int:
-    from gpu_worker.export import export_checkpoint
-
-    target = export_checkpoint(args.state_dict, args.config, args.tokenizer, args.out)
-    print(f"exported {args.state_dict} to {target}")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from tandem.demo import run_demo
-
-    return run_demo(
-        Path(args.store), Path(args.data_dir) if args.data_dir else None, use_ray=not args.no_ray
-    )
-
-
-def _cmd_lm_eval(argv: list[str]) -> int:
-    try:
-        from tandem.lm_eval import run_cli
-    except ImportError as error:
-        raise TandemError(
-            f"tandem lm-eval needs lm-evaluation-harness: pip install 'tandem-eval[lmeval]' "
-            f"({error})"
-        ) from error
-    return run_cli(argv)
 
 
 def add_ifeval_arguments(ifeval: argparse.ArgumentParser) -> None:
@@ -463,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(default: $TANDEM_STORE or ./store)",
         )
 
-    gen = command("generate", _cmd_generate, "Generate (or resume) a run from a spec file.")
+    gen = command("generate", _commands.generate, "Generate (or resume) a run from a spec file.")
     gen.add_argument("spec", help="run spec (TOML or YAML)")
     store_arg(gen)
     gen.add_argument("--local", action="store_true", help="run in this process, without Ray")
@@ -488,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     profile = command(
         "profile",
-        _cmd_profile,
+        _commands.profile,
         "Measure the spec's model here: latency at batch 1 (128 and 512 prompt tokens), "
         "throughput at its batch size, peak memory; stored as the run's profile.json.",
     )
@@ -508,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = command(
         "score",
-        _cmd_score,
+        _commands.score,
         "Score every unscored shard once (the scorer daemon's run-once mode), then print "
         "the summary. Exit 0 when nothing is left pending, 1 if shards stay unscored.",
     )
@@ -540,17 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --ray: shards each Ray task scores (default 8)",
     )
 
-    runs = command("runs", _cmd_runs, "List the runs in a store.")
+    runs = command("runs", _commands.runs, "List the runs in a store.")
     store_arg(runs)
     runs.add_argument("--json", action="store_true", help="print run ids as JSON")
 
     ifeval = command(
-        "ifeval", _cmd_ifeval, "Score IFEval responses from any system (Google's JSONL format)."
+        "ifeval",
+        _commands.ifeval,
+        "Score IFEval responses from any system (Google's JSONL format).",
     )
     add_ifeval_arguments(ifeval)
 
     scorer = command(
-        "scorer", _cmd_scorer, "Run the scorer daemon: watch a store, score new shards."
+        "scorer", _commands.scorer, "Run the scorer daemon: watch a store, score new shards."
     )
     store_arg(scorer)
     scorer.add_argument(
@@ -561,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     scorer.add_argument("--irt-params", help="tinyBenchmarks.pkl for tinyMMLU IRT estimates")
     _unsafe_code_argument(scorer)
 
-    serve = command("serve", _cmd_serve, "Serve results over HTTP (FastAPI).")
+    serve = command("serve", _commands.serve, "Serve results over HTTP (FastAPI).")
     store_arg(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000, help="1..65535 (default 8000)")
@@ -573,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = command(
         "compare",
-        _cmd_compare,
+        _commands.compare,
         "Which prompts flipped between two runs, and paired tests (bootstrap interval, "
         "McNemar) per task.",
     )
@@ -589,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = command(
         "report",
-        _cmd_report,
+        _commands.report,
         "A run's summary (config, scores with stderr, telemetry, profile, reproducibility); "
         "for several runs a side-by-side table with paired tests against the first.",
     )
@@ -599,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ``tandem export wandb RUN...`` and ``tandem export checkpoint STATE_DICT ...``; the
     # older ``tandem export STATE_DICT ...`` still means the latter (see main()).
-    export = command("export", _cmd_export_checkpoint, "Export runs to W&B, or a checkpoint.")
+    export = command("export", _commands.export_checkpoint, "Export runs to W&B, or a checkpoint.")
     targets = export.add_subparsers(dest="target", required=True, metavar="TARGET")
     checkpoint = targets.add_parser(
         "checkpoint",
@@ -607,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn a raw state_dict + config into a Hugging Face Llama folder "
         "(strict key check).",
     )
-    checkpoint.set_defaults(handler=_cmd_export_checkpoint)
+    checkpoint.set_defaults(handler=_commands.export_checkpoint)
     checkpoint.add_argument("state_dict", help="the weights (.safetensors, .pt, .pth, .bin)")
     checkpoint.add_argument("--config", required=True, help="checkpoint config (TOML or JSON)")
     checkpoint.add_argument("--tokenizer", required=True, help="the training tokenizer's folder")
@@ -618,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Metrics, per-instruction and breakdown tables and a samples table per "
         "task to Weights & Biases, one W&B run per tandem run (or per sweep).",
     )
-    wandb.set_defaults(handler=_cmd_export_wandb)
+    wandb.set_defaults(handler=_commands.export_wandb)
     wandb.add_argument("runs", nargs="+", metavar="RUN")
     store_arg(wandb)
     wandb.add_argument("--project", default="tandem", help="W&B project (default: tandem)")
@@ -636,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep = command(
         "sweep",
-        _cmd_sweep,
+        _commands.sweep,
         "Evaluate a training run's checkpoints (step_N/ folders) in step order, in a time "
         "budget per checkpoint, with caps fixed on the first one.",
     )
@@ -660,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
 
     demo = command(
-        "demo", _cmd_demo, "End-to-end demo on the embedded model through a local Ray head."
+        "demo", _commands.demo, "End-to-end demo on the embedded model through a local Ray head."
     )
     demo.add_argument("--store", default="./demo-store", help="store for the demo run")
     demo.add_argument(
@@ -689,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["lm-eval"]:
             # Everything after it is lm-eval's: argparse here would try to read it.
-            return _cmd_lm_eval(argv[1:])
+            return _commands.lm_eval(argv[1:])
         args = build_parser().parse_args(argv)
         return int(args.handler(args) or 0)
     except TandemError as error:
