@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from gpu_worker.job import ShardActor, run_generation
+from gpu_worker.job import run_generation
+from gpu_worker.ray_job import ShardActor
 from shared.errors import TandemError
 from shared.spec import RunSpec
 from shared.store import Store

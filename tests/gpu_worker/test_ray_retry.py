@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import gpu_worker.job as job_module
-from gpu_worker.job import ShardActor, run_generation
+import gpu_worker.ray_job as job_module
+from gpu_worker.job import run_generation
+from gpu_worker.ray_job import ShardActor
 from shared.errors import TandemError
 from shared.spec import RunSpec
 from shared.store import Store
@@ -138,8 +139,9 @@ def test_job_stopped_by_failures_resumes(tmp_path, data_dir, ray_address, monkey
 DRIVER = """
 import sys, time
 import ray
-import gpu_worker.job as job_module
-from gpu_worker.job import ShardActor, run_generation
+import gpu_worker.ray_job as job_module
+from gpu_worker.job import run_generation
+from gpu_worker.ray_job import ShardActor
 from shared.spec import RunSpec
 
 class SlowActor(ShardActor):
