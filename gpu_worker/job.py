@@ -22,7 +22,6 @@ why), and the corrected spec may use the same run id.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import sys
@@ -47,8 +46,6 @@ from shared.spec import RunSpec
 from shared.store import RUN_RECORD, ShardRef, Store
 from shared.tasks import TASKS, Sample, TaskDef, load_samples
 from shared.tasks._base import ordered
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -253,7 +250,8 @@ def run_generation(
     return result
 
 
-def progress_bar(jobs: list[ShardJob], enabled: bool) -> tqdm:
+def show_progress(jobs: list[ShardJob], enabled: bool) -> tqdm:
+    """A bar over the jobs' samples on stderr (disabled: a silent one)."""
     return tqdm(
         total=sum(len(j.samples) for j in jobs),
         unit="sample",
@@ -272,7 +270,7 @@ def _run_local(spec, store_uri, jobs, record, workers, progress, backend=None):
     worker = worker_info(backend)
     store = Store(store_uri)
     start_run(store, record, [worker])
-    with progress_bar(jobs, progress) as bar:
+    with show_progress(jobs, progress) as bar:
         for job in jobs:
             stats = run_shard(
                 backend,

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from gpu_worker.environment import utc_now
 from gpu_worker.job import (
     ShardJob,
-    progress_bar,
     provenance,
+    show_progress,
     start_run,
     worker_info,
 )
@@ -125,7 +126,15 @@ def _first_lines(error: Exception, lines: int = 4) -> str:
     return "\n".join(str(error).strip().splitlines()[:lines])[:600]
 
 
-def run_ray(spec, store_uri, jobs, record, workers, progress, resource=None):
+def run_ray(
+    spec: RunSpec,
+    store_uri: str,
+    jobs: list[ShardJob],
+    record: RunRecord,
+    workers: int | None,
+    progress: bool,
+    resource: str | None = None,
+) -> Iterator[dict[str, Any]]:
     """Shards spread over a pool of actors, each taking the next shard when it is free.
 
     A shard whose actor dies goes to the back of the queue and runs on a live actor;
@@ -307,7 +316,7 @@ def _drive(ray, store, jobs, actors, node_ids, new_actor, job_record, progress, 
         starting[fresh.node_id.remote()] = fresh
 
     try:
-        with progress_bar(jobs, progress) as bar:
+        with show_progress(jobs, progress) as bar:
             while queue or in_flight:
                 while queue and idle:
                     actor = idle.pop(0)

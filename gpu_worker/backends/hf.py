@@ -5,7 +5,8 @@ This module loads the model (device, precision, quantization, adapter) and rende
 encodes prompts; the work is done by two engines built on the loaded model:
 
 - ``_hf_decode.GreedyDecoder``: greedy generation, left-padded and longest-first, with
-  tandem's own KV-cache loop (``generate`` as the fallback);
+  tandem's own KV-cache loop (``generate`` as the fallback; the cache that grows in place
+  and the stream of rows are in ``_hf_stream``);
 - ``_hf_loglik.LoglikelihoodScorer``: log-likelihoods packed into prefix trees, plain
   rows, lm-eval's rolling windows.
 

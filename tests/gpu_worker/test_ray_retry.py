@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import gpu_worker.ray_job as job_module
+import gpu_worker.ray_job as ray_job
 from gpu_worker.job import run_generation
 from gpu_worker.ray_job import ShardActor
 from shared.errors import TandemError
@@ -60,7 +60,7 @@ def ray_address(ray_head, monkeypatch):
     Ray swaps 127.0.0.1 for the host's network address unless
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set when ray was *imported*; another test
     may have imported it first, so the constant it read is patched too, and the driver
-    connects with an explicit loopback node address. ``_run_ray`` then finds Ray
+    connects with an explicit loopback node address. ``run_ray`` then finds Ray
     initialized and uses this connection.
     """
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -93,7 +93,7 @@ def test_dead_actors_shard_is_retried_on_another_actor(
     tmp_path, data_dir, ray_address, monkeypatch
 ) -> None:
     marker = tmp_path / "crashed"
-    monkeypatch.setattr(job_module, "ShardActor", crashing(marker, always=False))
+    monkeypatch.setattr(ray_job, "ShardActor", crashing(marker, always=False))
     store = tmp_path / "store"
     result = run_generation(
         spec_for(data_dir, "retry"), str(store), local=False, workers=2, progress=False
@@ -123,14 +123,14 @@ def test_worker_that_cannot_start_says_why(tmp_path, data_dir, ray_address) -> N
 def test_job_stopped_by_failures_resumes(tmp_path, data_dir, ray_address, monkeypatch) -> None:
     store = tmp_path / "store"
     spec = spec_for(data_dir, "resume")
-    monkeypatch.setattr(job_module, "ShardActor", crashing(tmp_path / "crashed", always=True))
+    monkeypatch.setattr(ray_job, "ShardActor", crashing(tmp_path / "crashed", always=True))
     with pytest.raises(TandemError, match="worker died 3 times"):
         run_generation(spec, str(store), local=False, workers=2, progress=False)
     published = Store(store).list_shards("resume", "generations", "ifeval")
     assert CrashingActor.CRASH_SHARD not in [s.name for s in published]
     assert len(published) == 4  # the others finished and stay
 
-    monkeypatch.setattr(job_module, "ShardActor", ShardActor)
+    monkeypatch.setattr(ray_job, "ShardActor", ShardActor)
     again = run_generation(spec, str(store), local=False, workers=2, progress=False)
     assert again.shards_skipped == 4 and again.shards_done == 1
     assert [s["shard"] for s in again.stats] == [CrashingActor.CRASH_SHARD]
@@ -139,7 +139,7 @@ def test_job_stopped_by_failures_resumes(tmp_path, data_dir, ray_address, monkey
 DRIVER = """
 import sys, time
 import ray
-import gpu_worker.ray_job as job_module
+import gpu_worker.ray_job as ray_job
 from gpu_worker.job import run_generation
 from gpu_worker.ray_job import ShardActor
 from shared.spec import RunSpec
@@ -149,7 +149,7 @@ class SlowActor(ShardActor):
         time.sleep(1.5)  # slow enough that the driver is killed mid-job
         return super().run(job)
 
-job_module.ShardActor = SlowActor
+ray_job.ShardActor = SlowActor
 ray.init(address=sys.argv[1], _node_ip_address="127.0.0.1", log_to_driver=False)
 spec = RunSpec.model_validate_json(sys.argv[2])
 run_generation(spec, sys.argv[3], local=False, workers=1, progress=False)
