@@ -23,6 +23,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from gpu_worker.backends._hf_head import ScreenedHead, screened_head
 from gpu_worker.backends._hf_stream import GrowingLayer, Stream
 from gpu_worker.backends.base import GenerationRequest, GenerationResult
 from gpu_worker.batching import length_sorted_batches
@@ -88,6 +89,10 @@ class GreedyDecoder:
         # Whether more prompts than the batch size run as one stream (off for good
         # after a stream runs out of GPU memory).
         self.streaming = True
+        # Whether decoding steps take the fp32 argmax through a bf16 screen where that is
+        # exact and faster (see _hf_head; tests turn it off to compare).
+        self.screen = True
+        self._head: ScreenedHead | None = None
         # Auto batch size per 256-token length bucket, found by probing (GPU only).
         self.probed_batch: dict[int, int] = {}
         # Telemetry counters since the last take_stats(): seconds in prefill and in
@@ -105,6 +110,22 @@ class GreedyDecoder:
         }
         self.prefill_seconds, self.decode_seconds, self.batch_sizes = 0.0, 0.0, []
         return stats
+
+    def greedy_head(self) -> tuple[ScreenedHead, Any, str] | None:
+        """The screened LM head with the model body it reads and the body's cache
+        argument, when this model and machine allow it (``screened_head``); rebuilt
+        when the head's weight changed since (a training loop's in-place steps)."""
+        if not self.screen:
+            return None
+        weight = getattr(getattr(self.model, "lm_head", None), "weight", None)
+        head = self._head
+        if head is None or weight is None or not head.matches(weight):
+            head = self._head = screened_head(self.model, self.device, self.precision)
+        if head is None:
+            return None
+        body = self.model.model
+        argument = "cache" if "cache" in forward_parameters(body) else "past_key_values"
+        return head, body, argument
 
     def synchronize(self) -> None:
         """Wait for the GPU, so a phase's time is its own (CPU work is synchronous)."""

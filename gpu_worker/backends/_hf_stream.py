@@ -147,6 +147,8 @@ class Stream:
         self.pads = self._long([])  # per row: padding columns after the shared prefix
         self.prefill_seconds = 0.0
         self.block: DynamicCache | None = None  # the shared prefix, while no row is live
+        # The LM head screened in bf16, with the model body it reads (see _hf_head).
+        self.head = decoder.greedy_head()
 
     def _long(self, values: Sequence[int]) -> torch.Tensor:
         return torch.tensor(list(values), dtype=torch.long, device=self.device)
@@ -303,13 +305,17 @@ class Stream:
         seen = self.cache.get_seq_length()
         columns = torch.arange(seen + 1, device=self.device)
         padding = (columns >= self.shared) & (columns < self.shared + self.pads[:, None])
-        out = decoder.model(
-            input_ids=self.tokens[:, None],
-            attention_mask=(~padding).long(),
-            position_ids=self.positions[:, None],
-            logits_to_keep=1,
-            use_cache=True,
-            **{decoder.cache_argument: self.cache},
-        )
-        self.tokens = out.logits[:, -1].argmax(-1)
+        inputs = {
+            "input_ids": self.tokens[:, None],
+            "attention_mask": (~padding).long(),
+            "position_ids": self.positions[:, None],
+            "use_cache": True,
+        }
+        if self.head is not None:
+            head, body, argument = self.head
+            out = body(**inputs, **{argument: self.cache})
+            self.tokens = head.argmax(out.last_hidden_state[:, -1])
+        else:
+            out = decoder.model(**inputs, logits_to_keep=1, **{decoder.cache_argument: self.cache})
+            self.tokens = out.logits[:, -1].argmax(-1)
         self.positions = self.positions + 1

@@ -122,6 +122,22 @@ def test_a_stream_refills_the_slots_of_rows_that_end(embedded_backend, monkeypat
     assert [_key(r) for r in grouped] == [_key(r) for r in together]
 
 
+def test_the_screened_head_changes_no_token(embedded_backend, monkeypatch):
+    """Decoding steps through the bf16-screened LM head (forced on, whatever this CPU
+    has) give the texts of the model's own fp32 head, streamed and batched."""
+    monkeypatch.setattr("gpu_worker.precision.cpu_has_native_bf16", lambda: True)
+    backend = embedded_backend
+    decoder = backend.decoder
+    items = _items(backend, PROMPTS)
+    monkeypatch.setattr(decoder, "_head", None)
+    assert decoder.greedy_head() is not None
+    screened = decoder._decode_greedy(items, 48, (), slots=4)
+    monkeypatch.setattr(decoder, "screen", False)
+    assert decoder.greedy_head() is None
+    plain = decoder._decode_greedy(items, 48, (), slots=4)
+    assert [_key(r) for r in screened] == [_key(r) for r in plain]
+
+
 def test_a_stream_with_stop_strings_equals_batches(embedded_backend):
     backend = embedded_backend
     decoder = backend.decoder
