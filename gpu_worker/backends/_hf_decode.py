@@ -8,7 +8,8 @@ the last position reaches the LM head, a row leaves the batch as soon as it ends
 prompt still waiting takes its slot (continuous batching).
 Models the loop cannot run (encoder-decoder, caches that are not a plain
 ``DynamicCache``) fall back to ``generate``. The cache layer that grows in place and
-the stream of rows are in ``_hf_stream``.
+the stream of rows are in ``_hf_stream``; the LM head screened in bf16, which decoding
+steps use for fp32 models on CPUs with native bf16, in ``_hf_head``.
 """
 
 from __future__ import annotations
