@@ -93,7 +93,6 @@ class GreedyDecoder:
         # Whether decoding steps take the fp32 argmax through a bf16 screen where that is
         # exact and faster (see _hf_head; tests turn it off to compare).
         self.screen = True
-        self._head: ScreenedHead | None = None
         # Auto batch size per 256-token length bucket, found by probing (GPU only).
         self.probed_batch: dict[int, int] = {}
         # Telemetry counters since the last take_stats(): seconds in prefill and in
@@ -113,15 +112,13 @@ class GreedyDecoder:
         return stats
 
     def greedy_head(self) -> tuple[ScreenedHead, Any, str] | None:
-        """The screened LM head with the model body it reads and the body's cache
-        argument, when this model and machine allow it (``screened_head``); rebuilt
-        when the head's weight changed since (a training loop's in-place steps)."""
+        """A screened LM head for one decode, with the model body it reads and the
+        body's cache argument, when this model and machine allow it
+        (``screened_head``). Built anew for each decode (40 ms for SmolLM2's head), so
+        it always copies the weight as it is now."""
         if not self.screen:
             return None
-        weight = getattr(getattr(self.model, "lm_head", None), "weight", None)
-        head = self._head
-        if head is None or weight is None or not head.matches(weight):
-            head = self._head = screened_head(self.model, self.device, self.precision)
+        head = screened_head(self.model, self.device, self.precision)
         if head is None:
             return None
         body = self.model.model

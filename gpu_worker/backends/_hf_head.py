@@ -2,21 +2,26 @@
 bf16 screen.
 
 A decoding step's LM head is a (rows x hidden) by (hidden x vocabulary) matmul whose
-only use is the argmax of each row. In fp32 it is a fifth of a step at 62 rows (52 ms on
-this machine's avx512_bf16 CPU, against 20 ms for this head). The screen computes every
-logit in bf16 and bounds how far each can be from the fp32 value; a row whose best
-token beats the second by more than both bounds has that token as its fp32 argmax. For
-the other rows, the few tokens within reach of the best (7 on average in 64 IFEval
-prompts x 64 tokens) are computed again in fp32 and the best of them is taken. So the
-token chosen is the fp32 argmax; where two candidates are within rounding of each other
-in fp32 (a tie at the last bit), the choice can differ from a full fp32 head's, as it
-already can between batch sizes (the matmul kernel, and so the last bit, depends on the
-number of rows).
+only use is the argmax of each row. In fp32 it takes 37-52 ms at 62 rows on this
+machine's avx512_bf16 CPU (a fifth of a step), against 20-23 ms for this head. The
+screen computes every logit in bf16 and bounds how far each can be from the fp32 value;
+a row whose best token beats the second by more than both bounds has that token as its
+fp32 argmax. For the other rows, the few tokens within reach of the best (7 on average
+in 64 IFEval prompts x 64 tokens) are computed again in fp32 and the best of them is
+taken. So the token chosen is the fp32 argmax; where two candidates are within rounding
+of each other in fp32 (a tie at the last bit), the choice can differ from a full fp32
+head's, as it already can between batch sizes (the matmul kernel, and so the last bit,
+depends on the number of rows).
 
 The bound per logit: the difference between x.w and the bf16 product is at most
-||x̃||·||w̃ - w|| + ||x̃ - x||·||w|| (rounding the two vectors, Cauchy-Schwarz), plus the
-fp32 accumulation of a length-K dot product in both computations (K·2^-24·||x̃||·||w||
-each) and the bf16 rounding of the result (2^-9 of its magnitude; 2^-8 is used).
+||x̃||·||w̃ - w|| + ||x̃ - x||·||w|| (rounding the two vectors, Cauchy-Schwarz; ||w̃ - w||
+is at most 2^-8·||w||, ||x̃ - x|| is measured), plus the fp32 accumulation of a length-K
+dot product in both computations (K·2^-24·||x̃||·||w|| each) and the bf16 rounding of the
+result (at most 2^-8 of the rounded value: bf16 keeps 8 significant bits; exactly 2^-8,
+with no margin to spare).
+
+A head is built for one decode (one ``generate`` call) and dropped after it, so its bf16
+copy is never older than the weight it screens.
 """
 
 from __future__ import annotations
@@ -41,35 +46,37 @@ class ScreenedHead:
     def __init__(self, weight: torch.Tensor):
         weight = weight.detach()
         self.weight = weight
-        self.version = (weight.data_ptr(), weight._version)
         self.low = weight.to(torch.bfloat16)
         self.norm = float(weight.norm(dim=1).max())
-        self.rounding = float((self.low.float() - weight).norm(dim=1).max())
+        # Each weight moved by at most 2^-8 of itself in bf16 (8 significant bits), so a
+        # row by at most 2^-8 of its norm: no fp32 difference of the whole matrix is
+        # built (with its 113 MB of fresh pages that took 0.3-0.45 s a decode here).
+        self.rounding = self.norm * 2.0**-8
         self.accumulation = 2 * weight.shape[1] * _FP32_UNIT
 
-    def matches(self, weight: torch.Tensor) -> bool:
-        """Whether ``weight`` is still the one this head copied, unchanged."""
-        return self.version == (weight.data_ptr(), weight._version)
+    def reach(self, low: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Per row of ``hidden`` (``low``: it in bf16), how far any bf16 logit of the
+        row can be from the fp32 one, except the bf16 rounding of the logit itself
+        (2^-8 of its magnitude, added per value by the caller)."""
+        wide = low.float()
+        length = wide.norm(dim=1)
+        reach = length * self.rounding + (wide - hidden).norm(dim=1) * self.norm
+        return (reach + length * self.norm * self.accumulation) * 1.001 + 1e-6
 
     def argmax(self, hidden: torch.Tensor) -> torch.Tensor:
         """The greedy token of each row of ``hidden`` (rows x hidden size, fp32)."""
         low = hidden.to(torch.bfloat16)
         approx = F.linear(low, self.low)
-        if not bool(torch.isfinite(approx).all()):
+        reach = self.reach(low, hidden)
+        if not (bool(torch.isfinite(approx).all()) and bool(torch.isfinite(reach).all())):
             return F.linear(hidden, self.weight).argmax(-1)
         top = approx.topk(2, dim=1)
         values = top.values.float()
-        wide = low.float()
-        length = wide.norm(dim=1)
-        # The largest distance of any logit of the row from its fp32 value, but the
-        # bf16 rounding of the logit itself (relative, added per value below).
-        reach = length * self.rounding + (wide - hidden).norm(dim=1) * self.norm
-        reach = (reach + length * self.norm * self.accumulation) * 1.001 + 1e-6
         first, second = values[:, 0], values[:, 1]
         floor = first - first.abs() * 2.0**-8 - reach  # the best token's fp32 logit is above
         ceiling = second + second.abs() * 2.0**-8 + reach  # every other one is below
         tokens = top.indices[:, 0]
-        unsure = (floor <= ceiling).nonzero().flatten()
+        unsure = (~(floor > ceiling)).nonzero().flatten()
         if len(unsure) == 0:
             return tokens
         rows = approx[unsure].float()
@@ -99,8 +106,26 @@ def screened_head(model: Any, device: str, precision: str) -> ScreenedHead | Non
         return None
     if type(head) is not torch.nn.Linear or head.bias is not None:
         return None
-    if head.weight.dtype != torch.float32 or not hasattr(model, "model"):
+    if head.weight.dtype != torch.float32 or head.weight.device.type != "cpu":
+        return None
+    if not hasattr(model, "model") or not _from_transformers(model):
+        return None  # remote code may reuse a family's model_type
+    if any(
+        getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None)
+        for m in (model, head)
+    ):
+        return None  # the screen calls the body and the head itself: hooks would not run
+    if hasattr(model, "_hf_hook") or hasattr(head, "_hf_hook"):
+        return None  # accelerate's offloading keeps weights elsewhere between calls
+    # The fp32 reference must be fp32 arithmetic: not under autocast, and not with
+    # matmuls allowed to run in bf16 ("medium").
+    if torch.is_autocast_enabled("cpu") or torch.get_float32_matmul_precision() == "medium":
         return None
     if not cpu_has_native_bf16():
         return None
     return ScreenedHead(head.weight)
+
+
+def _from_transformers(model: Any) -> bool:
+    """Whether the model's class is transformers' own (not remote code)."""
+    return type(model).__module__.startswith("transformers.models.")

@@ -129,7 +129,6 @@ def test_the_screened_head_changes_no_token(embedded_backend, monkeypatch):
     backend = embedded_backend
     decoder = backend.decoder
     items = _items(backend, PROMPTS)
-    monkeypatch.setattr(decoder, "_head", None)
     assert decoder.greedy_head() is not None
     screened = decoder._decode_greedy(items, 48, (), slots=4)
     monkeypatch.setattr(decoder, "screen", False)

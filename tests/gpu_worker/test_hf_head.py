@@ -64,12 +64,32 @@ def test_non_finite_hidden_states_take_the_plain_head():
     assert torch.equal(head.argmax(hidden), F.linear(hidden, weight).argmax(-1))
 
 
-def test_a_changed_weight_is_noticed():
-    weight, _ = _head_and_hidden(5)
+def test_the_bound_holds_for_every_logit():
+    """The property the screen rests on: every bf16 logit is within its bound of the
+    fp32 one, on inputs made to be hard (weights just off the bf16 grid, hidden rows
+    along weight rows, a long dot product, large and tiny scales)."""
+    generator = torch.Generator().manual_seed(7)
+    for size, scale in ((576, 1.0), (2048, 30.0), (64, 1e-3)):
+        weight = torch.randn(3000, size, generator=generator) * 0.05
+        weight += weight.bfloat16().float() * 2.0**-9  # half a bf16 step off the grid
+        hidden = torch.randn(24, size, generator=generator) * scale
+        hidden[:12] = weight[:12] * scale * 40 + hidden[:12] * 1e-3
+        head = ScreenedHead(weight)
+        low = hidden.bfloat16()
+        approx = F.linear(low, head.low).float()
+        exact = F.linear(hidden, weight)
+        bound = approx.abs() * 2.0**-8 + head.reach(low, hidden)[:, None]
+        assert bool(((approx - exact).abs() <= bound).all())
+        assert torch.equal(head.argmax(hidden), exact.argmax(-1))
+
+
+def test_a_hidden_state_too_large_for_the_bound_takes_the_plain_head():
+    """A hidden state whose norm overflows fp32 (its logits do not): the bound is not
+    finite, so the plain fp32 head decides."""
+    weight = torch.tensor([[1.0, -1.0], [2.0**-12, 0.0], [-1.0, 1.0]])
+    hidden = torch.tensor([[1 + 2.0**-9, 1 - 2.0**-10]]) * 2.0**66
     head = ScreenedHead(weight)
-    assert head.matches(weight)
-    weight.add_(0.01)  # an optimizer step, in place
-    assert not head.matches(weight)
+    assert head.argmax(hidden).item() == F.linear(hidden, weight).argmax(-1).item() == 0
 
 
 def _model(model_type="llama", bias=False, dtype=torch.float32, wrapped=False):
@@ -85,6 +105,7 @@ def _model(model_type="llama", bias=False, dtype=torch.float32, wrapped=False):
 
 def test_the_screen_is_used_only_where_it_is_exact_and_faster(monkeypatch):
     monkeypatch.setattr("gpu_worker.precision.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(_hf_head, "_from_transformers", lambda model: True)
     assert isinstance(screened_head(_model(), "cpu", "fp32"), ScreenedHead)
     assert screened_head(_model(), "cuda", "fp32") is None
     assert screened_head(_model(), "cpu", "bf16") is None
@@ -92,6 +113,16 @@ def test_the_screen_is_used_only_where_it_is_exact_and_faster(monkeypatch):
     assert screened_head(_model(bias=True), "cpu", "fp32") is None
     assert screened_head(_model(wrapped=True), "cpu", "fp32") is None  # an adapter
     assert screened_head(_model(dtype=torch.bfloat16), "cpu", "fp32") is None
+    hooked = _model()
+    hooked.lm_head.register_forward_hook(lambda module, args, out: out * 2)
+    assert screened_head(hooked, "cpu", "fp32") is None  # the screen would skip the hook
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert screened_head(_model(), "cpu", "fp32") is None
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
+    assert screened_head(_model(), "cpu", "fp32") is None  # fp32 matmuls may run in bf16
+    monkeypatch.undo()
+    monkeypatch.setattr("gpu_worker.precision.cpu_has_native_bf16", lambda: True)
+    assert screened_head(_model(), "cpu", "fp32") is None  # not a transformers class
     monkeypatch.setattr("gpu_worker.precision.cpu_has_native_bf16", lambda: False)
     assert screened_head(_model(), "cpu", "fp32") is None  # bf16 matmuls are slow there
     assert "gemma2" not in _hf_head.PLAIN_HEAD_MODELS
