@@ -304,6 +304,16 @@ def _drive(ray, store, jobs, actors, node_ids, new_actor, job_record, progress, 
             raise TandemError(f"shard {key}: {reason} {MAX_ATTEMPTS} times: {error}") from error
         print(f"shard {key}: {reason} ({type(error).__name__}); retrying", file=sys.stderr)
 
+    def salvage(job: ShardJob, actor: Any, error: Exception) -> dict[str, Any] | None:
+        """After an attempt failed: the shard's stats if it was published anyway, else
+        the failure is recorded and the shard goes last in line (if it is what kills
+        workers, every other shard is done before it can use up the attempts)."""
+        stats = published(job)
+        if stats is None:
+            failed(job, actor, error)
+            queue.append(job)
+        return stats
+
     def replace(actor: Any, error: Exception) -> None:
         nonlocal replacements_left
         ray.kill(actor, no_restart=True)
@@ -356,27 +366,19 @@ def _drive(ray, store, jobs, actors, node_ids, new_actor, job_record, progress, 
                         raise TandemError(
                             f"a worker could not start: {_init_error(error)}"
                         ) from None
-                    stats = published(job)
+                    stats = salvage(job, actor, error)
                     if stats is not None:
                         bar.update(len(job.samples))
                         yield finished(job, actor, stats)
-                    else:
-                        failed(job, actor, error)
-                        # Last in line: if this shard is what kills workers, every other
-                        # shard is done before it can use up the attempts.
-                        queue.append(job)
                     replace(actor, error)
                 except RayTaskError as error:
                     if isinstance(error.cause, TandemError):
                         raise error.cause from None
                     idle.append(actor)
-                    stats = published(job)
+                    stats = salvage(job, actor, error)
                     if stats is not None:
                         bar.update(len(job.samples))
                         yield finished(job, actor, stats)
-                    else:
-                        failed(job, actor, error)
-                        queue.append(job)
                 else:
                     bar.update(len(job.samples))
                     idle.append(actor)

@@ -10,19 +10,29 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.errors import TandemError
 
+if TYPE_CHECKING:
+    from shared.spec import RunSpec
 
-def generate(args: argparse.Namespace) -> int:
-    from gpu_worker.job import run_generation
+
+def _spec(args: argparse.Namespace) -> RunSpec:
+    """The run spec of ``args.spec``, under ``--run-id`` when one is given."""
     from shared.spec import load_spec
 
     spec = load_spec(args.spec)
     if args.run_id:
         spec = spec.model_copy(update={"run_id": args.run_id})
+    return spec
+
+
+def generate(args: argparse.Namespace) -> int:
+    from gpu_worker.job import run_generation
+
     result = run_generation(
-        spec,
+        _spec(args),
         args.store,
         local=True if args.local else None,
         workers=args.workers,
@@ -38,13 +48,9 @@ def generate(args: argparse.Namespace) -> int:
 
 def profile(args: argparse.Namespace) -> int:
     from gpu_worker.profile import run_profile
-    from shared.spec import load_spec
 
-    spec = load_spec(args.spec)
-    if args.run_id:
-        spec = spec.model_copy(update={"run_id": args.run_id})
     record = run_profile(
-        spec,
+        _spec(args),
         args.store,
         new_tokens=args.new_tokens,
         warmup=args.warmup,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cpu_scorer.ifeval import _command
 from shared.errors import TandemError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tandem.cli import add_ifeval_arguments  # the argument definitions live there
+    # The argument definitions and the command behind them live in the tandem CLI.
+    from tandem._commands import ifeval
+    from tandem.cli import add_ifeval_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m cpu_scorer.ifeval",
@@ -19,13 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     add_ifeval_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return _command.run(
-            input_data=args.input_data,
-            responses=args.responses,
-            output=args.output,
-            summary=args.summary,
-            workers=args.workers,
-        )
+        return ifeval(args)
     except TandemError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
