@@ -114,7 +114,7 @@ class GreedyDecoder:
     def greedy_head(self) -> tuple[ScreenedHead, Any, str] | None:
         """A screened LM head for one decode, with the model body it reads and the
         body's cache argument, when this model and machine allow it
-        (``screened_head``). Built anew for each decode (40 ms for SmolLM2's head), so
+        (``screened_head``). Built anew for each decode (~30 ms for SmolLM2's head), so
         it always copies the weight as it is now."""
         if not self.screen:
             return None
