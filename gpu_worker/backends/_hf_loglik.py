@@ -237,9 +237,10 @@ class LoglikelihoodScorer:
         """Logits at the ``keep`` nodes of one packed tree (``end[j]``: one past node j's
         last descendant). Its trunk, when long enough to matter, runs as a plain causal
         sequence (no mask: the attention kernel's fast causal path) whose KV cache the
-        rest then attends to, about BRANCH_TOKENS nodes at a time: each group runs with
-        a mask of group x (trunk + group), and the cache goes back to the trunk after
-        it. The attention kernel computes every pair of its mask, masked or not, so a
+        rest then attends to, about BRANCH_TOKENS nodes at a time on CPU (a row's
+        budget on a GPU, which wants long forwards): each group runs with a mask of
+        group x (trunk + group), and the cache goes back to the trunk after it. The CPU
+        attention kernel computes every pair of its mask, masked or not, so a
         1,440-token few-shot block with eight questions (2,150 nodes) behind it costs
         about 2,160 x 1,800 pairs this way and 2,150 x 3,600 as one masked forward. A
         group starts where the tree is shallow (between questions) and runs again the
@@ -267,7 +268,8 @@ class LoglikelihoodScorer:
         if saved is None:
             # A cache the rest cannot simply extend: the whole row, masked.
             return self._masked(ids, positions, ends, 0, everything, keep, None, dtype)
-        for start, stop in _branch_groups(depth, trunk, BRANCH_TOKENS):
+        size = BRANCH_TOKENS if self.device == "cpu" else self.pack_tokens
+        for start, stop in _branch_groups(depth, trunk, size):
             _restore(cache, saved, trunk)
             # Nodes before the group that its nodes descend from: the ancestors of its
             # first node below the trunk (j < start <= i < end[j] puts start in j's subtree).
@@ -297,7 +299,8 @@ class LoglikelihoodScorer:
         mask = torch.full(visible.shape, torch.finfo(dtype).min, dtype=dtype, device=self.device)
         mask.masked_fill_(visible, 0.0)
         del visible
-        # Every group holds a sequence's last node, which is scored; one row if not.
+        # A group ends with a sequence's last node, which is scored, so ``keep`` is not
+        # empty; if it were, one logit row is asked for and none returned.
         wanted = torch.searchsorted(
             nodes, torch.tensor(keep, dtype=nodes.dtype, device=self.device)
         )
@@ -346,10 +349,12 @@ class LoglikelihoodScorer:
 
 
 # Prefixes shorter than this are not worth sharing across rows or splitting off as a
-# row's trunk (a few-shot block is hundreds of tokens).
+# row's trunk (a few-shot block is hundreds of tokens), and fewer nodes than this are
+# cheap enough to run again at the start of a branch group.
 MIN_SHARED = 32
-# Branch nodes per forward against a row's trunk: fewer means less masked attention
-# (each group attends to the trunk and itself only), more means fewer, larger matmuls.
+# Branch nodes per forward against a row's trunk on CPU: fewer means less masked
+# attention (each group attends to the trunk and itself only), more means fewer, larger
+# matmuls; from 128 rows up the matmuls run at the same speed here.
 BRANCH_TOKENS = 256
 
 

@@ -55,6 +55,17 @@ def test_groups_never_start_within_a_long_question():
     sequences = [trunk + question + (7,), trunk + question + (8,), trunk + (50, 51)]
     depth = _depths(sequences)
     assert list(_branch_groups(depth, 10, 4)) == [(10, 10 + MIN_SHARED + 2), (44, 46)]
+    # One node shorter, the question is short enough to run again.
+    question = question[1:]
+    sequences = [trunk + question + (7,), trunk + question + (8,), trunk + (50, 51)]
+    depth = _depths(sequences)
+    assert list(_branch_groups(depth, 10, 4)) == [(10, 42), (42, 45)]
+
+
+def test_group_edges():
+    assert list(_branch_groups(list(range(5)), 4, 8)) == [(4, 5)]  # one node after the trunk
+    depth = _depths([(1, 2, 3), (1, 2, 4), (1, 2, 5, 6)])
+    assert list(_branch_groups(depth, 2, 0)) == [(2, 3), (3, 4), (4, 6)]
 
 
 def _tiny(kind: str):
@@ -70,11 +81,14 @@ def _tiny(kind: str):
         num_key_value_heads=2,
         max_position_embeddings=1024,
         attn_implementation="sdpa",
+        # Large weights: logits far from uniform, so no greedy token is a near tie.
+        initializer_range=0.3,
     )
     if kind == "llama":
         return LlamaForCausalLM(LlamaConfig(**shape)).eval()
-    # A sliding window wider than any row: the cache's layers are sliding-window layers.
-    return MistralForCausalLM(MistralConfig(sliding_window=900, **shape)).eval()
+    # The cache's layers are sliding-window layers. A 110-token window is wider than any
+    # sequence here (it must be, to pack) but narrower than a trunk and its group.
+    return MistralForCausalLM(MistralConfig(sliding_window=110, **shape)).eval()
 
 
 def _fewshot_pairs(seed: int) -> list[tuple[list[int], list[int]]]:
@@ -135,3 +149,51 @@ def test_branch_groups_give_the_numbers_of_plain_rows(kind, monkeypatch):
             assert len(groups) > 4 and max(groups) <= 2 * size
         else:
             assert sum(groups) > sum(n for masked, n in first if masked)  # questions again
+
+
+def test_the_cache_goes_back_to_the_trunk_between_groups(monkeypatch):
+    """Each group starts from the trunk's own tensors, at the trunk's length."""
+    model = _tiny("mistral")
+    scorer = LoglikelihoodScorer(
+        model, device="cpu", pad_id=0, prefix_id=1, max_length=1024, pack_tokens=64
+    )
+    restored = []
+    restore = _hf_loglik._restore
+
+    def spy(cache, saved, trunk):
+        restore(cache, saved, trunk)
+        assert cache.get_seq_length() == trunk == 60
+        assert all(
+            layer.keys is keys and layer.values is values
+            for layer, (keys, values) in zip(cache.layers, saved, strict=True)
+        )
+        restored.append(trunk)
+
+    monkeypatch.setattr(_hf_loglik, "_restore", spy)
+    monkeypatch.setattr(_hf_loglik, "BRANCH_TOKENS", 30)
+    scorer.loglikelihood(_fewshot_pairs(3))
+    assert len(restored) > 4
+
+
+def test_a_trunk_cache_the_groups_cannot_extend_runs_the_row_masked(monkeypatch):
+    model = _tiny("llama")
+    scorer = LoglikelihoodScorer(
+        model, device="cpu", pad_id=0, prefix_id=1, max_length=1024, pack_tokens=64
+    )
+    pairs = _fewshot_pairs(5)
+    expected = dict(scorer._plain_rows(pairs))
+    monkeypatch.setattr(_hf_loglik, "_trunk_state", lambda cache, trunk: None)
+    forwards: list[tuple[bool, int]] = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        forwards.append((kwargs.get("attention_mask") is not None, kwargs["input_ids"].shape[1]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    for index, result in enumerate(scorer.loglikelihood(pairs)):
+        assert result.logprob == pytest.approx(expected[index].logprob, rel=1e-5, abs=1e-5)
+        assert result.is_greedy == expected[index].is_greedy
+    # Per block: the trunk, then its whole row (trunk included) as one masked forward.
+    assert [masked for masked, _ in forwards] == [False, True, False, True]
+    assert all(n > 60 for masked, n in forwards if masked)
