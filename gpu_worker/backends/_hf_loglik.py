@@ -299,8 +299,6 @@ class LoglikelihoodScorer:
         mask = torch.full(visible.shape, torch.finfo(dtype).min, dtype=dtype, device=self.device)
         mask.masked_fill_(visible, 0.0)
         del visible
-        # A group ends with a sequence's last node, which is scored, so ``keep`` is not
-        # empty; if it were, one logit row is asked for and none returned.
         wanted = torch.searchsorted(
             nodes, torch.tensor(keep, dtype=nodes.dtype, device=self.device)
         )
@@ -308,11 +306,11 @@ class LoglikelihoodScorer:
             input_ids=ids[None, nodes],
             position_ids=positions[None, nodes],
             attention_mask=mask[None, None],
-            logits_to_keep=wanted if keep else torch.tensor([len(nodes) - 1], device=self.device),
+            logits_to_keep=wanted,
             use_cache=cache is not None,
             **({self.cache_argument: cache} if cache is not None else {}),
         )
-        return _kept(out.logits[0], wanted.tolist())[: len(keep)]
+        return _kept(out.logits[0], wanted.tolist())
 
     @torch.inference_mode()
     def _forward_rows(
@@ -414,14 +412,13 @@ def _trunk_state(cache: Any, trunk: int) -> list[tuple[torch.Tensor, torch.Tenso
     """Every layer's keys and values of the trunk, to run each group of branches
     against; None unless the cache holds them in full (none, quantized, static,
     recurrent, a sliding window already cut: the branches cannot extend it)."""
-    if type(cache) is not DynamicCache or not all(
-        type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers
-    ):
+    if type(cache) is not DynamicCache:
         return None
     saved = []
     for layer in cache.layers:
         keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        if keys is None or values is None or keys.shape[-2] != trunk:
+        plain = type(layer) in (DynamicLayer, DynamicSlidingWindowLayer)
+        if not plain or keys is None or values is None or keys.shape[-2] != trunk:
             return None
         saved.append((keys, values))
     return saved

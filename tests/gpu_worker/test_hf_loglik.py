@@ -109,17 +109,16 @@ def _fewshot_pairs(seed: int) -> list[tuple[list[int], list[int]]]:
     return pairs
 
 
-@pytest.mark.parametrize("kind", ["llama", "mistral"])
-def test_branch_groups_give_the_numbers_of_plain_rows(kind, monkeypatch):
-    model = _tiny(kind)
-    # Rows of 64 tokens: a row grows past them only behind its block, so each block
-    # has a row of its own.
-    scorer = LoglikelihoodScorer(
+def _scorer(model) -> LoglikelihoodScorer:
+    """Rows of 64 tokens: a row grows past them only behind its block, so each block
+    has a row of its own."""
+    return LoglikelihoodScorer(
         model, device="cpu", pad_id=0, prefix_id=1, max_length=1024, pack_tokens=64
     )
-    assert scorer.packing_depth > 0
-    pairs = _fewshot_pairs(3)
-    expected = dict(scorer._plain_rows(pairs))
+
+
+def _record_forwards(model, monkeypatch) -> list[tuple[bool, int]]:
+    """Each forward from now on, as (with a mask, tokens)."""
     forwards: list[tuple[bool, int]] = []
     forward = model.forward
 
@@ -128,17 +127,30 @@ def test_branch_groups_give_the_numbers_of_plain_rows(kind, monkeypatch):
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", spy)
+    return forwards
+
+
+def _assert_plain(got, expected) -> None:
+    for index, result in enumerate(got):
+        assert result.logprob == pytest.approx(expected[index].logprob, rel=1e-5, abs=1e-5)
+        assert result.is_greedy == expected[index].is_greedy
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+def test_branch_groups_give_the_numbers_of_plain_rows(kind, monkeypatch):
+    model = _tiny(kind)
+    scorer = _scorer(model)
+    assert scorer.packing_depth > 0
+    pairs = _fewshot_pairs(3)
+    expected = dict(scorer._plain_rows(pairs))
+    forwards = _record_forwards(model, monkeypatch)
     first: list[tuple[bool, int]] = []
     # One group behind each block; groups of about 30 nodes; a group at every branch,
     # the second choice of a question included (its question runs again with it).
     for size in (10_000, 30, 1):
         monkeypatch.setattr(_hf_loglik, "BRANCH_TOKENS", size)
         forwards.clear()
-        got = scorer.loglikelihood(pairs)
-        for index, result in enumerate(got):
-            plain = expected[index]
-            assert result.logprob == pytest.approx(plain.logprob, rel=1e-5, abs=1e-5)
-            assert result.is_greedy == plain.is_greedy
+        _assert_plain(scorer.loglikelihood(pairs), expected)
         first = first or list(forwards)
         trunks = [n for masked, n in forwards if not masked]
         groups = [n for masked, n in forwards if masked]
@@ -153,10 +165,7 @@ def test_branch_groups_give_the_numbers_of_plain_rows(kind, monkeypatch):
 
 def test_the_cache_goes_back_to_the_trunk_between_groups(monkeypatch):
     """Each group starts from the trunk's own tensors, at the trunk's length."""
-    model = _tiny("mistral")
-    scorer = LoglikelihoodScorer(
-        model, device="cpu", pad_id=0, prefix_id=1, max_length=1024, pack_tokens=64
-    )
+    scorer = _scorer(_tiny("mistral"))
     restored = []
     restore = _hf_loglik._restore
 
@@ -177,23 +186,12 @@ def test_the_cache_goes_back_to_the_trunk_between_groups(monkeypatch):
 
 def test_a_trunk_cache_the_groups_cannot_extend_runs_the_row_masked(monkeypatch):
     model = _tiny("llama")
-    scorer = LoglikelihoodScorer(
-        model, device="cpu", pad_id=0, prefix_id=1, max_length=1024, pack_tokens=64
-    )
+    scorer = _scorer(model)
     pairs = _fewshot_pairs(5)
     expected = dict(scorer._plain_rows(pairs))
     monkeypatch.setattr(_hf_loglik, "_trunk_state", lambda cache, trunk: None)
-    forwards: list[tuple[bool, int]] = []
-    forward = model.forward
-
-    def spy(*args, **kwargs):
-        forwards.append((kwargs.get("attention_mask") is not None, kwargs["input_ids"].shape[1]))
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", spy)
-    for index, result in enumerate(scorer.loglikelihood(pairs)):
-        assert result.logprob == pytest.approx(expected[index].logprob, rel=1e-5, abs=1e-5)
-        assert result.is_greedy == expected[index].is_greedy
+    forwards = _record_forwards(model, monkeypatch)
+    _assert_plain(scorer.loglikelihood(pairs), expected)
     # Per block: the trunk, then its whole row (trunk included) as one masked forward.
     assert [masked for masked, _ in forwards] == [False, True, False, True]
     assert all(n > 60 for masked, n in forwards if masked)
